@@ -1,0 +1,117 @@
+"""The ``braintumor`` command line (also ``python -m braintumor``).
+
+Every sub-command lives in the module of its stage; this file only parses
+arguments and turns :class:`~braintumor.errors.BrainTumorError` into a one-line
+``error: ...`` on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from braintumor.errors import BrainTumorError
+
+# sub-command -> "module:function"; modules are imported only when used (TensorFlow is slow to import)
+_HANDLERS = {
+    "data check": "braintumor.data:cli_check",
+    "data export-coco": "braintumor.data:cli_export_coco",
+    "fetch-data": "braintumor.fetch:cli_fetch",
+    "model-summary": "braintumor.mrcnn.summary:cli_summary",
+    "train": "braintumor.train:cli_train",
+    "evaluate": "braintumor.evaluate:cli_evaluate",
+    "detect": "braintumor.detect:cli_detect",
+    "app": "braintumor.app:cli_app",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="braintumor", description="Brain-MRI tumor detection and segmentation (Mask R-CNN).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    data = sub.add_parser("data", help="inspect or convert an annotated dataset")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    check = dsub.add_parser("check", help="count images and instances per split, report problems")
+    check.add_argument("--data", help="dataset folder (default: $BRAIN_TUMOR_DATA or data/brain_tumor_data)")
+    check.add_argument("--splits", nargs="+", default=None, help="splits to check (default: those present of train, val, test)")
+    exp = dsub.add_parser("export-coco", help="write a split as COCO instance JSON")
+    exp.add_argument("--data", help="dataset folder")
+    exp.add_argument("--split", required=True, help="split name (train, val, test)")
+    exp.add_argument("--out", required=True, help="output JSON file")
+
+    fetch = sub.add_parser("fetch-data", help="download brain_tumor_data from its public GitHub repository")
+    fetch.add_argument("--dest", default="data", help="folder to put brain_tumor_data/ in (default: data)")
+
+    ms = sub.add_parser("model-summary", help="print the inference model's layer groups and parameter counts")
+    ms.add_argument("--config", default="mrcnn_config/resnet101.toml", help="preset TOML file or name")
+    ms.add_argument("--mode", choices=["inference", "training"], default="inference")
+
+    tr = sub.add_parser("train", help="train Mask R-CNN on an annotated dataset")
+    tr.add_argument("--config", default="mrcnn_config/resnet101.toml", help="preset TOML file or name")
+    tr.add_argument("--data", help="dataset folder")
+    tr.add_argument("--init", default=None, help="coco, imagenet, last, random or a path to an .h5 (default: the preset's INIT)")
+    tr.add_argument("--epochs", type=int, help="total epochs (overrides EPOCHS)")
+    tr.add_argument("--steps", type=int, help="steps per epoch (overrides STEPS_PER_EPOCH)")
+    tr.add_argument("--val-steps", type=int, help="validation steps (overrides VALIDATION_STEPS)")
+    tr.add_argument("--layers", choices=["heads", "3+", "4+", "5+", "all"], help="layer group to train (overrides the preset)")
+    tr.add_argument("--tumor-free", action="append", default=None, metavar="DIR", help="folder of tumor-free images mixed in as empty targets (repeatable)")
+    tr.add_argument("--tumor-free-fraction", type=float, help="share of tumor-free samples per epoch")
+    tr.add_argument("--logs", default="logs", help="folder for run folders (default: logs)")
+    tr.add_argument("--name", help="run name (overrides NAME)")
+
+    ev = sub.add_parser("evaluate", help="measure a checkpoint on a split or an image folder")
+    ev.add_argument("--weights", required=True, help="checkpoint .h5 path, or 'last'")
+    ev.add_argument("--config", help="preset (default: the config.toml of the checkpoint's run folder)")
+    ev.add_argument("--data", help="dataset folder")
+    ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    ev.add_argument("--images", help="folder of unannotated images (e.g. tumor-free scans) instead of a split")
+    ev.add_argument("--tumor-free", help="folder of tumor-free images for image-level specificity")
+    ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>)")
+    ev.add_argument("--logs", default="logs", help="logs folder for --weights last")
+    ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
+
+    de = sub.add_parser("detect", help="detect tumors in image files (JPEG, PNG, DICOM); writes overlays and JSON")
+    de.add_argument("images", nargs="+", help="image files")
+    de.add_argument("--weights", required=True, help="checkpoint .h5 path, or 'last'")
+    de.add_argument("--config", help="preset (default: from the checkpoint's run folder)")
+    de.add_argument("--out", default="detections", help="output folder (default: detections)")
+    de.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
+    de.add_argument("--logs", default="logs", help="logs folder for --weights last")
+
+    ap = sub.add_parser("app", help="serve the decision-support app in the browser (Voila)")
+    ap.add_argument("--port", type=int, default=8866)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ap.add_argument("--logs", default="logs", help="logs folder with checkpoints")
+    ap.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    ap.add_argument("--ensure-weights", action="store_true", help="train the quick preset first when logs/ holds no checkpoint")
+    return p
+
+
+def _handler_for(args: argparse.Namespace):
+    key = args.command if args.command != "data" else f"data {args.data_command}"
+    module_name, func_name = _HANDLERS[key].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, func_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        handler = _handler_for(args)
+        rc = handler(args)
+        return int(rc or 0)
+    except BrainTumorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
