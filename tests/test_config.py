@@ -1,0 +1,92 @@
+"""Config: defaults, presets, validation, derived values, TOML round trip."""
+
+from pathlib import Path
+
+import pytest
+
+from braintumor.config import DEFAULTS, COMMENTS, Config, ConfigError, load_config
+from braintumor.paths import PRESETS_DIR, resolve_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_has_a_comment():
+    assert set(DEFAULTS) == set(COMMENTS)
+    assert all(len(c) > 10 for c in COMMENTS.values())
+
+
+def test_thesis_preset_matches_the_2022_run():
+    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101.toml")
+    assert c.BACKBONE == "resnet101"
+    assert c.NUM_CLASSES == 2 and c.CLASS_NAMES == ["BG", "tumor"]
+    assert (c.EPOCHS, c.STEPS_PER_EPOCH, c.LEARNING_RATE) == (15, 100, 0.001)
+    assert c.DETECTION_MIN_CONFIDENCE == 0.85
+    assert c.IMAGE_RESIZE_MODE == "square" and c.IMAGE_SHAPE == [512, 512, 3]
+    assert c.BACKBONE_SHAPES[0] == [128, 128] and c.BACKBONE_SHAPES[-1] == [8, 8]
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS_DIR.glob("*.toml")))
+def test_every_preset_loads(preset):
+    c = Config.from_toml(PRESETS_DIR / preset)
+    assert c.BATCH_SIZE == c.IMAGES_PER_GPU * c.GPU_COUNT
+
+
+def test_quick_preset_is_small():
+    c = Config.from_toml(resolve_preset("quick"))
+    assert c.IMAGE_MAX_DIM <= 256 and c.BACKBONE == "resnet50"
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('NAME = "x"\nLEARNIG_RATE = 0.1\n')
+    with pytest.raises(ConfigError) as e:
+        Config.from_toml(p)
+    msg = str(e.value)
+    assert "bad.toml" in msg and "LEARNIG_RATE" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("IMAGE_MAX_DIM", 500, "multiple of 64"),
+    ("BACKBONE", "vgg16", "BACKBONE"),
+    ("DETECTION_MIN_CONFIDENCE", 1.5, "DETECTION_MIN_CONFIDENCE"),
+    ("NUM_CLASSES", 3, "CLASS_NAMES"),
+    ("STEPS_PER_EPOCH", 0, "STEPS_PER_EPOCH"),
+    ("LAYERS", "6+", "LAYERS"),
+    ("MASK_SHAPE", [14, 14], "MASK_SHAPE"),
+    ("LEARNING_RATE", -1, "LEARNING_RATE"),
+    ("SCHEDULE", [{"epochs": 2, "layers": "heads"}], "SCHEDULE"),
+])
+def test_impossible_values_are_rejected(key, value, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Config({key: value})
+
+
+def test_bad_toml_is_one_line(tmp_path):
+    p = tmp_path / "broken.toml"
+    p.write_text("NAME = \n")
+    with pytest.raises(ConfigError) as e:
+        Config.from_toml(p)
+    assert "broken.toml" in str(e.value) and "TOML" in str(e.value)
+    with pytest.raises(ConfigError, match="not found"):
+        Config.from_toml(tmp_path / "missing.toml")
+
+
+def test_toml_round_trip(tmp_path):
+    c = Config.from_toml(PRESETS_DIR / "resnet101.toml", EPOCHS=3, SCHEDULE=[
+        {"epochs": 1, "layers": "heads", "learning_rate": 0.01}, {"epochs": 2, "layers": "all"}])
+    p = tmp_path / "config.toml"
+    c.save(p)
+    d = Config.from_toml(p)
+    assert d.to_dict() == c.to_dict()
+    assert d.schedule() == [{"epochs": 1, "layers": "heads", "learning_rate": 0.01},
+                            {"epochs": 2, "layers": "all", "learning_rate": 0.001}]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_overrides_and_display(capsys):
+    c = load_config(None, EPOCHS=3, STEPS_PER_EPOCH=None)
+    assert c.EPOCHS == 3 and c.STEPS_PER_EPOCH == DEFAULTS["STEPS_PER_EPOCH"]
+    text = c.display()
+    assert "LEARNING_RATE" in capsys.readouterr().out and "IMAGE_SHAPE" in text
+    assert c.replace(IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=256).IMAGE_SHAPE == [256, 256, 3]
+    assert c.schedule() == [{"epochs": 3, "layers": "all", "learning_rate": c.LEARNING_RATE}]
