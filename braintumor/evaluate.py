@@ -1,0 +1,501 @@
+"""Evaluate a checkpoint: run the predictor over a split (and tumor-free scans), compute metrics, write a report.
+
+``evaluate_dataset`` keeps every detection the predictor returns (evaluation
+loads the model with a low score floor, :data:`EVAL_SCORE_FLOOR`) so curves
+over the confidence threshold can be drawn; the reporting threshold
+``min_confidence`` applies to Dice, precision/recall/F1 and image-level
+sensitivity/specificity. COCO mAP uses every detection (as COCO intends).
+The conventions of every number are in :mod:`braintumor.metrics`.
+
+``write_report`` writes, into one folder: ``metrics.json`` (everything, no
+NaN), ``metrics.md`` (headline table + per-image table), ``pr_curve.png``,
+``threshold_curves.png`` (when tumor-free images were evaluated) and
+``worst.png`` (the six images with the lowest Dice, ground truth beside
+prediction).
+
+Results are plain dicts; keys starting with ``_`` (``_records``,
+``_dataset``) hold in-memory objects for the report and are never written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from braintumor import metrics as M
+from braintumor.errors import BrainTumorError
+
+EVAL_SCORE_FLOOR = 0.05  # detections below this score are not returned during evaluation
+MIN_SENSITIVITY = 0.95  # target of the chosen operating point
+GALLERY_SIZE = 6
+
+
+# --------------------------------------------------------------------------- running the model
+def collect_records(predictor, dataset, progress: bool = True, label: str = "") -> tuple[list[M.ImageRecord], list[float]]:
+    """Run ``predictor.detect`` on every image of ``dataset``, one at a time.
+
+    Returns (records, times): one :class:`~braintumor.metrics.ImageRecord` per
+    image (GT from ``dataset.load_mask``), and the seconds spent in each
+    ``detect`` call (loading images and computing metrics excluded). A predictor
+    with a ``load()`` method (lazy model building) is loaded before timing.
+    """
+    records: list[M.ImageRecord] = []
+    times: list[float] = []
+    seconds = 0.0
+    if callable(getattr(predictor, "load", None)):
+        predictor.load()
+    n = len(dataset)
+    every = max(1, n // 10)
+    for k, i in enumerate(dataset.image_ids):
+        info = dataset.image_info[i]
+        name = str(info.get("name") or Path(info.get("path", f"image_{i}")).name)
+        image = dataset.load_image(i)
+        gt_masks, gt_class_ids = dataset.load_mask(i)
+        if gt_masks.shape[:2] != image.shape[:2]:
+            raise BrainTumorError(f"{info.get('path', name)}: masks are {gt_masks.shape[:2]} but the image is {image.shape[:2]}")
+        t0 = time.perf_counter()
+        result = predictor.detect([image])[0]
+        times.append(time.perf_counter() - t0)
+        seconds += times[-1]
+        try:
+            records.append(M.ImageRecord.from_arrays(name, gt_masks, gt_class_ids, result, index=i))
+        except ValueError as e:
+            raise BrainTumorError(str(e)) from None
+        if progress and ((k + 1) % every == 0 or k + 1 == n):
+            rate = (k + 1) / seconds if seconds > 0 else float("inf")
+            print(f"  {label or 'images'}: {k + 1}/{n} ({rate:.2f} images/s)", flush=True)
+    return records, times
+
+
+def _speed(times: Sequence[float]) -> dict[str, Any]:
+    """Throughput of ``detect`` (batch of 1); the first call (graph tracing) is left out when there are others."""
+    steady = list(times[1:]) if len(times) > 1 else list(times)
+    return {"images": len(times), "detect_seconds": round(float(sum(times)), 3),
+            "first_call_seconds": round(float(times[0]), 3) if times else None,
+            "images_per_second": M.safe_ratio(len(steady), float(sum(steady)))}
+
+
+# --------------------------------------------------------------------------- metrics from records
+def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
+                     free_records: Sequence[M.ImageRecord] = (), class_names: Sequence[str] = ("BG", "tumor"),
+                     min_sensitivity: float = MIN_SENSITIVITY) -> dict[str, Any]:
+    """All metrics of an annotated split (``records``) plus optional extra tumor-free images.
+
+    Dice, COCO mAP and instance metrics use ``records`` only; image-level
+    sensitivity/specificity, their curves and the operating point pool
+    ``records`` and ``free_records`` (the split's own empty images count as
+    tumor-free too).
+    """
+    t = float(min_confidence)
+    pooled = list(records) + list(free_records)
+    tumor = [r for r in pooled if r.has_tumor]
+    free = [r for r in pooled if not r.has_tumor]
+    have_curves = bool(tumor) and bool(free)
+    res: dict[str, Any] = {
+        "kind": "split",
+        "threshold": t,
+        "dataset": {"n_images": len(records), "n_tumor_images": sum(r.has_tumor for r in records),
+                    "n_empty_images": sum(not r.has_tumor for r in records),
+                    "n_instances": sum(r.n_gt for r in records), "n_extra_tumor_free_images": len(free_records)},
+        "segmentation": M.segmentation_summary(records, t),
+        "coco": M.coco_map(records, class_names),
+        "instances": M.instance_metrics(records, t),
+        "image_level": M.image_level(pooled, t),
+        "operating_point": None,
+        "per_image": [r.row(t) for r in records],
+        "curves": {"pr": M.pr_curve(records), "threshold": None},
+    }
+    if free_records:
+        flagged = [r for r in free_records if r.max_score >= t and r.max_score > 0]
+        res["tumor_free"] = {
+            "n_images": len(free_records), "n_flagged": len(flagged),
+            "fp_per_image": M.safe_ratio(sum(int(r.kept(t).sum()) for r in free_records), len(free_records)),
+            "flagged": [r.name for r in flagged]}
+    if have_curves:
+        tumor_max = [r.max_score for r in tumor]
+        free_max = [r.max_score for r in free]
+        res["curves"]["threshold"] = M.threshold_curves(tumor_max, free_max,
+                                                        tumor_overlap_scores=[r.max_overlap_score for r in tumor])
+        op = M.choose_operating_point(tumor_max, free_max, min_sensitivity)
+        if op["threshold"] is not None:
+            at = M.image_level(pooled, op["threshold"])
+            op["sensitivity_overlap"] = at["sensitivity_overlap"]
+        res["operating_point"] = op
+    return res
+
+
+def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_dataset=None, progress: bool = True,
+                     min_sensitivity: float = MIN_SENSITIVITY, label: str = "split") -> dict[str, Any]:
+    """Run ``predictor`` on an annotated ``dataset`` (and ``tumor_free_dataset``) and compute every metric.
+
+    predictor: has ``detect(list of uint8 [H, W, 3]) -> list of result dicts``
+    and should return detections down to a low score floor (see
+    :data:`EVAL_SCORE_FLOOR`); ``min_confidence`` is the reporting threshold.
+    Returns a results dict (see :func:`evaluate_records`) with ``speed``
+    (images/s of ``detect`` alone, batch of 1) and the in-memory ``_records``,
+    ``_dataset`` for :func:`write_report`.
+    """
+    if len(dataset) == 0:
+        raise BrainTumorError(f"{label}: no images to evaluate")
+    records, times = collect_records(predictor, dataset, progress, label)
+    free_records: list[M.ImageRecord] = []
+    if tumor_free_dataset is not None:
+        free_records, more = collect_records(predictor, tumor_free_dataset, progress, "tumor-free")
+        times = times + more
+    class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
+    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity)
+    res["dataset"]["label"] = label
+    res["speed"] = _speed(times)
+    res["_records"], res["_dataset"] = records, dataset
+    return res
+
+
+def evaluate_folder(predictor, dataset, min_confidence: float, progress: bool = True,
+                    label: str = "images") -> dict[str, Any]:
+    """Run ``predictor`` on a folder of unannotated images (e.g. tumor-free scans).
+
+    Reports how many images get any detection at ``min_confidence`` (and which),
+    false positives per image (every detection counts as one, the images being
+    tumor-free) and the share of images left unflagged (specificity) as a
+    function of the threshold.
+    """
+    if len(dataset) == 0:
+        raise BrainTumorError(f"{label}: no images to evaluate")
+    records, times = collect_records(predictor, dataset, progress, label)
+    t = float(min_confidence)
+    flagged = sorted((r for r in records if r.max_score >= t and r.max_score > 0), key=lambda r: -r.max_score)
+    n_det = sum(int(r.kept(t).sum()) for r in records)
+    return {
+        "kind": "folder",
+        "threshold": t,
+        "dataset": {"label": label, "n_images": len(records), "n_annotated_instances": sum(r.n_gt for r in records)},
+        "n_flagged": len(flagged),
+        "flagged_fraction": len(flagged) / len(records),
+        "specificity_if_tumor_free": 1.0 - len(flagged) / len(records),
+        "fp_per_image": n_det / len(records),
+        "flagged": [{"name": r.name, "max_score": round(r.max_score, 4), "n_det": int(r.kept(t).sum())} for r in flagged],
+        "per_image": [{"name": r.name, "n_det": int(r.kept(t).sum()), "max_score": round(r.max_score, 4)} for r in records],
+        "curves": {"threshold": M.threshold_curves([], [r.max_score for r in records])},
+        "speed": _speed(times),
+        "_records": records, "_dataset": dataset,
+    }
+
+
+# --------------------------------------------------------------------------- summary text
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline numbers as (label, formatted value) rows."""
+    t = results["threshold"]
+    d = results["dataset"]
+    speed = results.get("speed", {})
+    if results.get("kind") == "folder":
+        rows = [("images", _fmt(d["n_images"])), ("confidence threshold", _fmt(t, 2)),
+                ("images with a detection", f"{results['n_flagged']} ({results['flagged_fraction']:.1%})"),
+                ("specificity (if all tumor-free)", _fmt(results["specificity_if_tumor_free"])),
+                ("false positives / image", _fmt(results["fp_per_image"]))]
+    else:
+        seg, coco, inst, img = results["segmentation"], results["coco"], results["instances"], results["image_level"]
+        rows = [("images (tumor / empty)", f"{d['n_images']} ({d['n_tumor_images']} / {d['n_empty_images']})"),
+                ("tumor instances", _fmt(d["n_instances"])),
+                ("confidence threshold", _fmt(t, 2)),
+                ("Dice mean (all images)", _fmt(seg["dice_mean"])),
+                ("Dice mean (tumor images)", _fmt(seg["dice_mean_tumor_images"])),
+                ("IoU mean (all images)", _fmt(seg["iou_mean"])),
+                ("mask mAP@0.5", _fmt(coco["segm"]["map50"])),
+                ("mask mAP@[.5:.95]", _fmt(coco["segm"]["map"])),
+                ("box mAP@0.5", _fmt(coco["bbox"]["map50"])),
+                ("box mAP@[.5:.95]", _fmt(coco["bbox"]["map"])),
+                ("precision / recall / F1 (IoU>=0.5)",
+                 f"{_fmt(inst['precision'])} / {_fmt(inst['recall'])} / {_fmt(inst['f1'])}"),
+                ("false positives / image", _fmt(inst["fp_per_image"])),
+                ("image sensitivity (any detection)", _fmt(img["sensitivity_any"])),
+                ("image sensitivity (detection on tumor)", _fmt(img["sensitivity_overlap"])),
+                ("image specificity", f"{_fmt(img['specificity'])} (of {img['n_tumor_free_images']} tumor-free)")]
+        if "tumor_free" in results:
+            tf = results["tumor_free"]
+            rows.append(("tumor-free scans flagged", f"{tf['n_flagged']} of {tf['n_images']}"))
+        op = results.get("operating_point")
+        if op and op.get("threshold") is not None:
+            rows.append((f"operating point (sensitivity >= {op['min_sensitivity']:.2f})",
+                         f"threshold {op['threshold']:.3f}: sensitivity {_fmt(op['sensitivity'])}, "
+                         f"specificity {_fmt(op['specificity'])}" + ("" if op["reachable"] else " (not reachable)")))
+    if speed:
+        rows.append(("speed", f"{_fmt(speed.get('images_per_second'), 2)} images/s"))
+    return rows
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    rows = headline(results)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _markdown(results: dict[str, Any], per_image: Sequence[dict]) -> str:
+    label = results["dataset"].get("label", "")
+    lines = [f"# Evaluation: {label}", ""]
+    if results.get("weights"):
+        lines += [f"Weights: `{results['weights']}`", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline(results)]
+    op = results.get("operating_point")
+    if op and op.get("note"):
+        lines += ["", f"Note: {op['note']}."]
+    lines += ["", f"## Per image (threshold {results['threshold']:.2f})", ""]
+    if results.get("kind") == "folder":
+        lines += ["| image | detections | max score |", "|---|---|---|"]
+        lines += [f"| {_cell(r['name'])} | {r['n_det']} | {r['max_score']:.3f} |" for r in per_image]
+    else:
+        lines += ["| image | GT | detections | max score | Dice | IoU | TP | FP | FN |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_cell(r['name'])} | {r['n_gt']} | {r['n_det']} | {r['max_score']:.3f} | {r['dice']:.3f} | {r['iou']:.3f} "
+                  f"| {r['tp']} | {r['fp']} | {r['fn']} |" for r in per_image]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- files
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _atomic_write(path, buf.getvalue())
+
+
+def _new_figure(figsize):
+    # A Figure with its own Agg canvas: no pyplot, so a notebook's backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_pr_curve(results: dict[str, Any], path: Path) -> None:
+    pr = results["curves"]["pr"]
+    fig = _new_figure((5.5, 5))
+    ax = fig.add_subplot()
+    if pr["score"]:
+        ax.plot(pr["recall"], pr["precision"], ".-", color="tab:blue", label="instances (IoU >= 0.5)")
+        at = [k for k, s in enumerate(pr["score"]) if s >= results["threshold"]]
+        if at:
+            k = at[-1]
+            ax.plot(pr["recall"][k], pr["precision"][k], "o", color="tab:red",
+                    label=f"threshold {results['threshold']:.2f}")
+        ax.legend(loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center")
+    coco = results["coco"]["segm"]
+    ax.set_title(f"Precision–recall  (mask mAP@0.5 {_fmt(coco['map50'])}, @[.5:.95] {_fmt(coco['map'])})", fontsize=9)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_threshold_curves(results: dict[str, Any], path: Path) -> None:
+    c = results["curves"]["threshold"]
+    fig = _new_figure((6.5, 4.5))
+    ax = fig.add_subplot()
+    t = np.asarray(c["threshold"])
+    nan = lambda v: np.asarray([np.nan if x is None else x for x in v], dtype=float)  # noqa: E731
+    if any(v is not None for v in c["sensitivity"]):
+        ax.step(t, nan(c["sensitivity"]), where="post", color="tab:red", label="sensitivity (any detection)")
+    if c.get("sensitivity_overlap"):
+        ax.step(t, nan(c["sensitivity_overlap"]), where="post", color="tab:red", ls="--",
+                label="sensitivity (detection on tumor)")
+    ax.step(t, nan(c["specificity"]), where="post", color="tab:blue", label="specificity")
+    ax.axvline(results["threshold"], color="gray", ls=":", label=f"threshold in use {results['threshold']:.2f}")
+    op = results.get("operating_point")
+    if op and op.get("threshold") is not None:
+        ax.axvline(op["threshold"], color="tab:green", ls="-.", label=f"operating point {op['threshold']:.3f}")
+        if op.get("specificity") is not None:
+            ax.plot([op["threshold"]] * 2, [op["sensitivity"], op["specificity"]], "o", color="tab:green")
+    ax.set(xlabel="confidence threshold", ylabel="share of images", xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.set_title("Image-level sensitivity and specificity vs threshold", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    _save_figure(fig, path)
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray, class_ids, scores, boxes, class_names, color, ax, title):
+    """Draw with braintumor.visualize.draw_overlay when it is available, else with matplotlib contours."""
+    try:
+        from braintumor.visualize import draw_overlay
+    except ImportError:
+        draw_overlay = None
+    if draw_overlay is not None:
+        try:
+            result = {"rois": np.asarray(boxes, dtype=np.int32).reshape(-1, 4),
+                      "class_ids": np.asarray(class_ids, dtype=np.int32),
+                      "scores": np.asarray(scores, dtype=np.float32), "masks": masks}
+            ax.imshow(draw_overlay(image, result, list(class_names), show_boxes=True))
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+            return
+        except Exception as e:  # another helper's drawing must not cost us the report
+            warnings.warn(f"draw_overlay failed ({e}); drawing contours instead")
+    ax.imshow(image)
+    if masks.shape[-1]:
+        ax.contour(masks.any(axis=-1).astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_gallery(results: dict[str, Any], dataset, path: Path, records=None, size: int = GALLERY_SIZE) -> list[str]:
+    """Up to ``size`` images, ground truth beside prediction: lowest Dice first (folders: highest score first)."""
+    from braintumor.boxes import masks_to_boxes
+
+    records = list(records if records is not None else results.get("_records", []))
+    t = results["threshold"]
+    if results.get("kind") == "folder":
+        chosen = sorted((r for r in records if r.max_score >= t and r.max_score > 0), key=lambda r: -r.max_score)
+    else:
+        chosen = sorted(records, key=lambda r: (r.dice_iou(t)[0], -r.n_gt))
+    chosen = chosen[:size]
+    class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
+    fig = _new_figure((7, 3.4 * max(1, len(chosen))))
+    if not chosen:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        ax.axis("off")
+    for k, r in enumerate(chosen):
+        image = dataset.load_image(r.index)
+        gt = r.gt_masks()
+        keep = r.kept(t)
+        pred = r.pred_masks(t)
+        dice, _ = r.dice_iou(t)
+        _overlay(image, gt, r.gt_class_ids, np.ones(r.n_gt), masks_to_boxes(gt), class_names, "lime",
+                 fig.add_subplot(len(chosen), 2, 2 * k + 1), f"{r.name}: ground truth ({r.n_gt})")
+        _overlay(image, pred, r.class_ids[keep], r.scores[keep], r.boxes[keep], class_names, "red",
+                 fig.add_subplot(len(chosen), 2, 2 * k + 2),
+                 f"prediction ({int(keep.sum())}), Dice {dice:.3f}, max score {r.max_score:.2f}")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return [r.name for r in chosen]
+
+
+def write_report(results: dict[str, Any], per_image: Sequence[dict] | None, out_dir: str | os.PathLike,
+                 dataset=None, records=None) -> dict[str, Path]:
+    """Write metrics.json, metrics.md, pr_curve.png, threshold_curves.png and worst.png into ``out_dir``.
+
+    ``per_image`` defaults to ``results["per_image"]``; ``dataset``/``records``
+    default to ``results["_dataset"]``/``results["_records"]`` (the gallery is
+    skipped without them). Returns ``{file name: path}`` of what was written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = list(per_image if per_image is not None else results.get("per_image", []))
+    dataset = dataset if dataset is not None else results.get("_dataset")
+    records = records if records is not None else results.get("_records")
+    written: dict[str, Path] = {}
+
+    public = {k: v for k, v in results.items() if not k.startswith("_")}
+    public["per_image"] = per_image
+    if dataset is not None and records:
+        written["worst.png"] = out / "worst.png"
+        public["gallery"] = plot_gallery(results, dataset, written["worst.png"], records)
+    if results.get("kind") != "folder":
+        written["pr_curve.png"] = out / "pr_curve.png"
+        plot_pr_curve(results, written["pr_curve.png"])
+    if results.get("curves", {}).get("threshold"):
+        written["threshold_curves.png"] = out / "threshold_curves.png"
+        plot_threshold_curves(results, written["threshold_curves.png"])
+    written["metrics.md"] = out / "metrics.md"
+    _atomic_write(written["metrics.md"], _markdown(results, per_image))
+    written["metrics.json"] = out / "metrics.json"
+    _atomic_write(written["metrics.json"], json.dumps(M.to_jsonable(public), indent=1, allow_nan=False) + "\n")
+    return written
+
+
+# --------------------------------------------------------------------------- CLI
+def _configured_threshold(config_arg: str | None, weights_path) -> float:
+    """DETECTION_MIN_CONFIDENCE of the preset given, else of the checkpoint's run folder, else the default."""
+    from braintumor.config import DEFAULTS, load_config
+    from braintumor.paths import resolve_preset
+
+    if config_arg:
+        return float(load_config(resolve_preset(config_arg)).DETECTION_MIN_CONFIDENCE)
+    run_config = Path(weights_path).parent / "config.toml" if weights_path else None
+    if run_config is not None and run_config.is_file():
+        return float(load_config(run_config).DETECTION_MIN_CONFIDENCE)
+    return float(DEFAULTS["DETECTION_MIN_CONFIDENCE"])
+
+
+def cli_evaluate(args) -> int:
+    """``braintumor evaluate``: metrics of a checkpoint on a split (or an image folder), written as a report."""
+    from braintumor.data import load_image_folder, load_split
+    from braintumor.paths import resolve_data_dir
+
+    threshold = args.min_confidence
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise BrainTumorError(f"--min-confidence must be in (0, 1], got {threshold}")
+    tumor_free_dir = getattr(args, "tumor_free", None)
+    if args.images and tumor_free_dir:
+        raise BrainTumorError("--tumor-free goes with a split; with --images every image is already treated as unannotated")
+    if args.images:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise BrainTumorError(f"{folder}: not a folder")
+        dataset, label = load_image_folder(folder), folder.name
+    else:
+        dataset, label = load_split(resolve_data_dir(args.data), args.split), args.split
+    free = None
+    if tumor_free_dir:
+        if not Path(tumor_free_dir).is_dir():
+            raise BrainTumorError(f"{tumor_free_dir}: not a folder")
+        free = load_image_folder(tumor_free_dir)
+    for ds in (dataset, free):
+        for problem in getattr(ds, "problems", None) or []:
+            print(f"warning: {problem}", file=sys.stderr)
+
+    from braintumor.inference import load_predictor
+
+    floor = EVAL_SCORE_FLOOR if threshold is None else min(EVAL_SCORE_FLOOR, threshold)
+    predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=floor)
+    if threshold is None:  # the run's own operating point (Predictor.threshold), else its config's
+        threshold = getattr(predictor, "threshold", None)
+    if threshold is None:
+        threshold = _configured_threshold(args.config, getattr(predictor, "weights_path", None))
+    threshold = float(threshold)
+    if threshold < floor:
+        print(f"warning: threshold {threshold} is below the evaluation score floor {floor}", file=sys.stderr)
+    if args.out:
+        out_dir = Path(args.out)
+    else:
+        out_dir = Path(predictor.weights_path).parent / f"eval_{label}"
+
+    print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
+          + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}", flush=True)
+    if args.images:
+        results = evaluate_folder(predictor, dataset, threshold, label=label)
+    else:
+        results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label)
+    results["weights"] = str(predictor.weights_path)
+    written = write_report(results, None, out_dir)
+    print(format_summary(results))
+    print(f"metrics: {written['metrics.json']}")
+    return 0

@@ -1,0 +1,131 @@
+"""From a checkpoint to a ready detector: find checkpoints, pick their config, load once.
+
+Run folders are ``logs/<NAME><YYYYMMDDTHHMM>/`` and hold ``config.toml`` (the
+settings the run used) and ``mask_rcnn_<name>_<epoch:04d>.h5`` checkpoints.
+``--weights last`` means the newest checkpoint of the newest run folder.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from braintumor.config import Config
+from braintumor.errors import BrainTumorError
+from braintumor.paths import resolve_preset
+
+_RUN_RE = re.compile(r"(\d{8}T\d{4,6})$")
+_CKPT_RE = re.compile(r"^mask_rcnn_.*_(\d{4,})\.h5$")
+
+
+def _run_key(run_dir: Path) -> tuple:
+    m = _RUN_RE.search(run_dir.name)
+    return (m.group(1) if m else "", run_dir.stat().st_mtime)
+
+
+def _epoch_of(path: Path) -> int:
+    m = _CKPT_RE.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_run_dirs(logs: str | Path = "logs", name: str | None = None) -> list[Path]:
+    """Run folders under ``logs`` (optionally of one config NAME), newest first."""
+    logs = Path(logs)
+    if not logs.is_dir():
+        return []
+    runs = [d for d in logs.iterdir() if d.is_dir() and _RUN_RE.search(d.name)]
+    if name is not None:
+        runs = [d for d in runs if d.name[: -len(_RUN_RE.search(d.name).group(1))] == name.lower()]
+    return sorted(runs, key=_run_key, reverse=True)
+
+
+def find_checkpoints(logs: str | Path = "logs") -> list[Path]:
+    """Every ``mask_rcnn_*_NNNN.h5`` under ``logs/<run>/``: newest run first, highest epoch first."""
+    out: list[Path] = []
+    for run in find_run_dirs(logs):
+        out += sorted((p for p in run.glob("mask_rcnn_*.h5") if _CKPT_RE.match(p.name)),
+                      key=_epoch_of, reverse=True)
+    return out
+
+
+def resolve_weights(weights: str | Path, logs: str | Path = "logs") -> Path:
+    """``"last"`` -> the newest checkpoint under ``logs``; a path -> itself, checked to exist."""
+    if str(weights) == "last":
+        found = find_checkpoints(logs)
+        if not found:
+            raise BrainTumorError(
+                f"{logs}: no checkpoint found (train one: braintumor train --config mrcnn_config/quick.toml)")
+        return found[0]
+    p = Path(weights)
+    if not p.is_file():
+        raise BrainTumorError(f"{p}: checkpoint file not found")
+    return p
+
+
+def config_for_checkpoint(weights_path: Path, config: str | Path | None = None, **overrides: Any) -> Config:
+    """The run's ``config.toml`` beside the checkpoint, or ``config`` (a preset) when given."""
+    if config is not None:
+        return Config.from_toml(resolve_preset(config), **overrides)
+    beside = Path(weights_path).parent / "config.toml"
+    if not beside.is_file():
+        raise BrainTumorError(f"{weights_path}: no config.toml beside the checkpoint; pass --config PRESET")
+    return Config.from_toml(beside, **overrides)
+
+
+class Predictor:
+    """A Mask R-CNN inference model built and loaded once, lazily, then reused.
+
+    ``detect(images)`` takes a list of RGB uint8 ``[H, W, 3]`` arrays and returns,
+    per image, ``{"rois": int32 [N, (y1, x1, y2, x2)] pixels, "class_ids": int32 [N],
+    "scores": float32 [N], "masks": bool [H, W, N]}`` for every detection scoring at
+    least ``config.DETECTION_MIN_CONFIDENCE`` (the model's floor).
+    ``threshold`` is the run's own operating point (its preset's
+    ``DETECTION_MIN_CONFIDENCE``), which callers apply for reporting.
+    """
+
+    def __init__(self, weights_path: Path, config: Config, threshold: float):
+        self.weights_path = Path(weights_path)
+        self.config = config
+        self.threshold = float(threshold)
+        self.class_names = list(config.CLASS_NAMES)
+        self._model = None
+        self._lock = threading.Lock()
+        self.load_report = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self):
+        """Build the inference model and load the checkpoint (once)."""
+        with self._lock:
+            if self._model is None:
+                from braintumor.mrcnn import MaskRCNN
+
+                model = MaskRCNN(mode="inference", config=self.config, model_dir=str(self.weights_path.parent.parent))
+                self.load_report = model.load_weights(str(self.weights_path), by_name=True)
+                self._model = model
+        return self._model
+
+    def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        model = self.load()
+        return [model.detect([img])[0] for img in images]
+
+
+def load_predictor(weights: str | Path, config: str | Path | None = None, logs: str | Path = "logs",
+                   min_confidence: float | None = None) -> Predictor:
+    """A :class:`Predictor` for ``weights`` (``"last"`` or a path); the model loads on first use.
+
+    ``min_confidence`` sets the model's detection floor (``DETECTION_MIN_CONFIDENCE``)
+    so that callers can see scores below the run's operating point, e.g. for curves.
+    """
+    path = resolve_weights(weights, logs)
+    base = config_for_checkpoint(path, config)
+    overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
+    if min_confidence is not None:
+        overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
+    return Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)

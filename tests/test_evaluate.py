@@ -1,0 +1,317 @@
+"""evaluate_dataset / write_report / cli_evaluate with a fake predictor and fake datasets (no TensorFlow)."""
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from braintumor import evaluate as E
+from braintumor.boxes import masks_to_boxes
+from braintumor.config import Config
+
+H = W = 64
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def square(y, x, size=10):
+    m = np.zeros((H, W, 1), dtype=bool)
+    m[y:y + size, x:x + size, 0] = True
+    return m
+
+
+def stack(*masks):
+    return np.concatenate(masks, axis=-1) if masks else np.zeros((H, W, 0), dtype=bool)
+
+
+class FakeDataset:
+    """Same interface as braintumor.data.Dataset; image k carries k+1 in pixel (0, 0, 0) so the predictor knows it."""
+
+    def __init__(self, names, gt_masks, key_offset=0):
+        self.class_names = ["BG", "tumor"]
+        self.num_classes = 2
+        self.problems = []
+        self._gt = gt_masks
+        self.key_offset = key_offset
+        self.image_info = [{"path": Path("/fake") / n, "name": n, "height": H, "width": W} for n in names]
+        self.image_ids = list(range(len(names)))
+
+    def __len__(self):
+        return len(self.image_info)
+
+    def load_image(self, i):
+        img = np.full((H, W, 3), 40, np.uint8)
+        img[0, 0, 0] = self.key_offset + i + 1
+        return img
+
+    def load_mask(self, i):
+        m = self._gt[i]
+        return m, np.ones(m.shape[-1], np.int32)
+
+
+class FakePredictor:
+    """``detect`` returns the prepared (masks, scores) of the image with the key in pixel (0, 0, 0)."""
+
+    def __init__(self, predictions, weights_path=Path("/fake/run/mask_rcnn_tumor_0001.h5")):
+        self.predictions = predictions
+        self.weights_path = weights_path
+        self.config = Config()
+        self.calls = 0
+        self.loaded = False
+
+    def load(self):
+        self.loaded = True
+
+    def detect(self, images):
+        assert len(images) == 1 and self.loaded
+        self.calls += 1
+        masks, scores = self.predictions[int(images[0][0, 0, 0])]
+        return [{"rois": masks_to_boxes(masks), "class_ids": np.ones(masks.shape[-1], np.int32),
+                 "scores": np.asarray(scores, np.float32), "masks": masks}]
+
+
+def scenario():
+    """Split: perfect (0.9), shifted by 5 px (0.8, Dice 1/2), missed at 0.5 but exact at 0.3.
+
+    Tumor-free: a false positive at 0.6, one at 0.2 (below the threshold 0.5), two clean images.
+    """
+    split = FakeDataset(["perfect.jpg", "shifted.jpg", "missed.jpg"], [square(10, 10), square(20, 20), square(30, 30)])
+    free = FakeDataset(["f0.jpg", "f1.jpg", "f2.jpg", "f3.jpg"], [stack()] * 4, key_offset=100)
+    preds = {1: (square(10, 10), [0.9]), 2: (square(20, 25), [0.8]), 3: (square(30, 30), [0.3]),
+             101: (square(0, 0), [0.6]), 102: (square(40, 40), [0.2]), 103: (stack(), []), 104: (stack(), [])}
+    return split, free, FakePredictor(preds)
+
+
+# numbers of the scenario at threshold 0.5, worked out by hand
+EXPECTED_AP = 56 / 101  # TP .9, FP .8, TP .3 of 3 tumors: 34 recall points at precision 1, 33 at 2/3
+
+
+def check_numbers(m):
+    assert m["threshold"] == 0.5
+    assert m["dataset"]["n_images"] == 3 and m["dataset"]["n_instances"] == 3
+    assert m["segmentation"]["dice_mean"] == pytest.approx(0.5)
+    assert m["segmentation"]["iou_mean"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    inst = m["instances"]
+    assert (inst["tp"], inst["fp"], inst["fn"]) == (1, 1, 2)
+    assert inst["precision"] == pytest.approx(0.5)
+    assert inst["recall"] == pytest.approx(1 / 3)
+    assert inst["f1"] == pytest.approx(0.4)
+    assert inst["fp_per_image"] == pytest.approx(1 / 3)
+    assert m["coco"]["segm"]["map50"] == pytest.approx(EXPECTED_AP)
+    assert m["coco"]["segm"]["map"] == pytest.approx(EXPECTED_AP)
+    img = m["image_level"]
+    assert img["sensitivity_any"] == pytest.approx(2 / 3)
+    assert img["sensitivity_overlap"] == pytest.approx(2 / 3)
+    assert img["specificity"] == pytest.approx(0.75)
+    assert img["tumor_free_fp_per_image"] == pytest.approx(0.25)
+    assert m["tumor_free"]["flagged"] == ["f0.jpg"]
+    op = m["operating_point"]
+    assert op["threshold"] == pytest.approx(0.3) and op["sensitivity"] == 1.0 and op["specificity"] == 0.75
+    rows = {r["name"]: r for r in m["per_image"]}
+    assert rows["shifted.jpg"]["dice"] == pytest.approx(0.5)
+    assert rows["missed.jpg"]["n_det"] == 0 and rows["missed.jpg"]["max_score"] == pytest.approx(0.3)
+
+
+def test_evaluate_dataset_numbers():
+    split, free, predictor = scenario()
+    res = E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False)
+    assert predictor.calls == 7
+    check_numbers(res)
+    assert res["speed"]["images"] == 7 and res["speed"]["images_per_second"] > 0
+    assert predictor.loaded  # loaded before the timed calls
+    curve = res["curves"]["threshold"]
+    k = curve["threshold"].index(0.5)
+    assert curve["sensitivity"][k] == pytest.approx(2 / 3) and curve["specificity"][k] == pytest.approx(0.75)
+
+
+def test_write_report_files_and_numbers(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "braintumor.visualize", None)  # force the matplotlib fallback
+    split, free, predictor = scenario()
+    res = E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False)
+    written = E.write_report(res, res["per_image"], tmp_path / "out")
+    assert set(written) == {"metrics.json", "metrics.md", "pr_curve.png", "threshold_curves.png", "worst.png"}
+    for name in ("pr_curve.png", "threshold_curves.png", "worst.png"):
+        assert written[name].read_bytes()[:8] == PNG_MAGIC
+    text = written["metrics.json"].read_text()
+    assert "NaN" not in text
+    m = json.loads(text)
+    check_numbers(m)
+    assert m["gallery"] == ["missed.jpg", "shifted.jpg", "perfect.jpg"]  # lowest Dice first
+    assert not any(k.startswith("_") for k in m)
+    md = written["metrics.md"].read_text()
+    assert "| Dice mean (all images) | 0.500 |" in md
+    assert "| shifted.jpg | 1 | 1 | 0.800 | 0.500 | 0.333 | 0 | 1 | 1 |" in md
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_gallery_uses_draw_overlay_when_available(tmp_path, monkeypatch):
+    calls = []
+
+    def draw_overlay(image, result, class_names, show_boxes=True):
+        calls.append((result["masks"].shape[-1], len(result["scores"]), class_names))
+        return image
+
+    monkeypatch.setitem(sys.modules, "braintumor.visualize", types.SimpleNamespace(draw_overlay=draw_overlay))
+    split, _, predictor = scenario()
+    res = E.evaluate_dataset(predictor, split, 0.5, progress=False)
+    written = E.write_report(res, None, tmp_path)
+    assert written["worst.png"].read_bytes()[:8] == PNG_MAGIC
+    # ground truth then prediction for each of the 3 images, worst first: missed (1 GT, 0 kept), shifted, perfect
+    assert calls == [(1, 1, ["BG", "tumor"]), (0, 0, ["BG", "tumor"]), (1, 1, ["BG", "tumor"]),
+                     (1, 1, ["BG", "tumor"]), (1, 1, ["BG", "tumor"]), (1, 1, ["BG", "tumor"])]
+    assert "threshold_curves.png" not in written  # no tumor-free images, no specificity curve
+    assert json.loads(written["metrics.json"].read_text())["operating_point"] is None
+
+
+def test_evaluate_folder_counts_flagged_images(tmp_path):
+    folder = FakeDataset(["a.jpg", "b.jpg", "c.jpg"], [stack()] * 3)
+    predictor = FakePredictor({1: (stack(square(0, 0), square(30, 30)), [0.9, 0.6]), 2: (square(5, 5), [0.4]),
+                               3: (stack(), [])})
+    res = E.evaluate_folder(predictor, folder, 0.5, progress=False)
+    assert res["n_flagged"] == 1
+    assert res["flagged"] == [{"name": "a.jpg", "max_score": 0.9, "n_det": 2}]
+    assert res["fp_per_image"] == pytest.approx(2 / 3)
+    assert res["specificity_if_tumor_free"] == pytest.approx(2 / 3)
+    written = E.write_report(res, None, tmp_path)
+    assert {"metrics.json", "metrics.md", "threshold_curves.png", "worst.png"} <= set(written)
+    m = json.loads(written["metrics.json"].read_text())
+    assert m["n_flagged"] == 1 and m["gallery"] == ["a.jpg"]
+    assert "| b.jpg | 0 | 0.400 |" in written["metrics.md"].read_text()
+
+
+def test_no_detections_at_all_gives_zero_map(tmp_path):
+    split = FakeDataset(["a.jpg"], [square(10, 10)])
+    res = E.evaluate_dataset(FakePredictor({1: (stack(), [])}), split, 0.5, progress=False)
+    assert res["coco"]["segm"]["map"] == 0.0 and res["segmentation"]["dice_mean"] == 0.0
+    m = json.loads(E.write_report(res, None, tmp_path)["metrics.json"].read_text())
+    assert m["instances"]["precision"] == 0.0 and m["instances"]["recall"] == 0.0
+
+
+def test_empty_dataset_is_a_one_line_error():
+    from braintumor.errors import BrainTumorError
+
+    with pytest.raises(BrainTumorError, match="no images"):
+        E.evaluate_dataset(FakePredictor({}), FakeDataset([], []), 0.5, progress=False)
+
+
+# --------------------------------------------------------------------------- CLI
+@pytest.fixture
+def fake_stack(tmp_path, monkeypatch):
+    """Fake braintumor.data and braintumor.inference modules, a run folder whose config.toml says 0.5."""
+    split, free, predictor = scenario()
+    run = tmp_path / "logs" / "tumor20250101T0000"
+    run.mkdir(parents=True)
+    Config({"DETECTION_MIN_CONFIDENCE": 0.5}).save(run / "config.toml")
+    predictor.weights_path = run / "mask_rcnn_tumor_0003.h5"
+    seen = {}
+
+    def load_predictor(weights, config=None, logs="logs", min_confidence=None):
+        seen.update(weights=weights, config=config, logs=logs, min_confidence=min_confidence)
+        return predictor
+
+    def load_split(data_dir, split_name):
+        seen.update(data_dir=Path(data_dir), split=split_name)
+        return split
+
+    def load_image_folder(folder):
+        seen.setdefault("folders", []).append(Path(folder).name)
+        return free
+
+    monkeypatch.setitem(sys.modules, "braintumor.inference", types.SimpleNamespace(load_predictor=load_predictor))
+    monkeypatch.setitem(sys.modules, "braintumor.data",
+                        types.SimpleNamespace(load_split=load_split, load_image_folder=load_image_folder))
+    monkeypatch.setitem(sys.modules, "braintumor.visualize", None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "free").mkdir()
+    return tmp_path, run, seen
+
+
+def test_cli_evaluate_writes_metrics_next_to_checkpoint(fake_stack, capsys):
+    from braintumor.cli import main
+
+    tmp, run, seen = fake_stack
+    rc = main(["evaluate", "--weights", "last", "--logs", str(tmp / "logs"), "--data", str(tmp / "data"),
+               "--split", "val", "--tumor-free", str(tmp / "free")])
+    assert rc == 0
+    assert seen["min_confidence"] == E.EVAL_SCORE_FLOOR  # low floor for the curves
+    assert seen["weights"] == "last" and seen["logs"] == str(tmp / "logs")
+    assert seen["data_dir"] == tmp / "data" and seen["split"] == "val" and seen["folders"] == ["free"]
+    metrics = run / "eval_val" / "metrics.json"
+    check_numbers(json.loads(metrics.read_text()))  # threshold 0.5 from the run folder's config.toml
+    out = capsys.readouterr().out
+    assert str(metrics) in out and "mask mAP@0.5" in out
+
+
+def test_cli_evaluate_min_confidence_and_out(fake_stack):
+    from braintumor.cli import main
+
+    tmp, _, seen = fake_stack
+    rc = main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--min-confidence", "0.25",
+               "--out", str(tmp / "report")])
+    assert rc == 0
+    m = json.loads((tmp / "report" / "metrics.json").read_text())
+    assert m["threshold"] == 0.25
+    assert m["instances"]["tp"] == 2  # the exact detection at 0.3 now counts
+    assert seen["min_confidence"] == E.EVAL_SCORE_FLOOR
+
+
+def test_cli_evaluate_uses_the_predictors_own_threshold(fake_stack):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    predictor = sys.modules["braintumor.inference"].load_predictor("x")
+    predictor.threshold = 0.25  # braintumor.inference.Predictor.threshold: the run's operating point
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data")]) == 0
+    assert json.loads((run / "eval_val" / "metrics.json").read_text())["threshold"] == 0.25
+
+
+def test_cli_evaluate_image_folder(fake_stack):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    assert main(["evaluate", "--weights", "x.h5", "--images", str(tmp / "free")]) == 0
+    m = json.loads((run / "eval_free" / "metrics.json").read_text())
+    assert m["kind"] == "folder" and m["n_flagged"] == 1 and m["flagged"][0]["name"] == "f0.jpg"
+
+
+def test_cli_evaluate_bad_input_is_one_line(fake_stack, capsys):
+    from braintumor.cli import main
+
+    tmp, _, _ = fake_stack
+    assert main(["evaluate", "--weights", "x.h5", "--min-confidence", "1.5"]) == 2
+    assert main(["evaluate", "--weights", "x.h5", "--images", str(tmp / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: --min-confidence") and err[1] == f"error: {tmp / 'nope'}: not a folder"
+
+
+# --------------------------------------------------------------------------- real data
+class GroundTruthPredictor:
+    """Returns each image's own ground truth as detections with score 1, in dataset order.
+
+    (Not looked up by pixels: val has two identical images, 358.jpg and 359.jpg, annotated differently.)
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.next = iter(dataset.image_ids)
+
+    def detect(self, images):
+        i = next(self.next)
+        assert np.array_equal(images[0], self.dataset.load_image(i))
+        masks, class_ids = self.dataset.load_mask(i)
+        return [{"rois": masks_to_boxes(masks), "class_ids": class_ids.astype(np.int32),
+                 "scores": np.ones(len(class_ids), np.float32), "masks": masks}]
+
+
+def test_real_val_split_ground_truth_scores_one(real_data_dir, tmp_path):
+    data = pytest.importorskip("braintumor.data")
+    val = data.load_split(real_data_dir, "val")
+    res = E.evaluate_dataset(GroundTruthPredictor(val), val, 0.5, progress=False, label="val")
+    assert res["dataset"]["n_images"] == len(val) == 61
+    assert res["dataset"]["n_instances"] == 62
+    assert res["segmentation"]["dice_mean"] == 1.0
+    assert res["coco"]["segm"]["map"] == pytest.approx(1.0)
+    assert res["instances"]["precision"] == 1.0 and res["instances"]["recall"] == 1.0
+    assert E.write_report(res, None, tmp_path)["metrics.json"].is_file()

@@ -1,0 +1,61 @@
+"""Tumor-free slices: copies (flipped, re-windowed, re-cropped) group together; splits never cut a group."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from braintumor.tumor_free import list_images, slice_groups, split_by_slice
+
+
+def _slice(seed: int, size: int = 96) -> np.ndarray:
+    """A synthetic 'head': an ellipse of smooth random texture on black."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    tex = sum(rng.uniform(0.2, 1) * np.sin(rng.uniform(2, 9) * xx * np.pi + rng.uniform(0, 6))
+              * np.cos(rng.uniform(2, 9) * yy * np.pi + rng.uniform(0, 6)) for _ in range(4))
+    head = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.36) ** 2 < 1
+    img = np.where(head, 60 + 40 * (tex - tex.min()) / (np.ptp(tex) + 1e-6) * 4, 0)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _copies(img: np.ndarray) -> list[np.ndarray]:
+    gamma = (255 * (img / 255.0) ** 0.6).astype(np.uint8)  # re-windowed
+    padded = np.pad(img, ((10, 4), (7, 13)))  # re-cropped
+    return [img, img[:, ::-1], img[::-1], gamma, padded, np.rot90(img)]
+
+
+def test_copies_of_a_slice_group_together_and_distinct_slices_do_not():
+    images, truth = [], []
+    for s in range(5):
+        for c in _copies(_slice(s)):
+            images.append(c)
+            truth.append(s)
+    groups = slice_groups(images)
+    assert len(set(groups)) == 5
+    for s in range(5):
+        assert len({g for g, t in zip(groups, truth) if t == s}) == 1
+
+
+def test_split_keeps_groups_whole(tmp_path: Path):
+    for s in range(8):
+        for k, c in enumerate(_copies(_slice(100 + s))):
+            Image.fromarray(c).save(tmp_path / f"s{s}_{k}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    train, held = split_by_slice(list_images(tmp_path), held_out_fraction=0.5)
+    assert train and held
+    assert not {p.name for p in train} & {p.name for p in held}
+    assert len(train) + len(held) == 48  # the broken file is on neither side
+    slice_of = lambda p: p.name.split("_")[0]  # noqa: E731
+    assert not {slice_of(p) for p in train} & {slice_of(p) for p in held}
+    # the split is stable: same files, same answer
+    assert split_by_slice(list_images(tmp_path), held_out_fraction=0.5) == (train, held)
+
+
+def test_real_tumor_free_folder_groups_into_about_117_slices(tumor_free_dir):
+    files = list_images(tumor_free_dir)
+    assert len(files) == 733
+    train, held = split_by_slice(files)
+    assert len(train) + len(held) == 733
+    assert 0.15 < len(held) / 733 < 0.45
