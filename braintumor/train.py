@@ -1,0 +1,361 @@
+"""``braintumor train``: a whole training run from a preset, logged, checkpointed, resumable.
+
+A run folder ``logs/<name><YYYYMMDDTHHMM>/`` receives:
+
+- ``config.toml`` — every setting the run used;
+- ``mask_rcnn_<name>_<epoch:04d>.h5`` — after every epoch, written atomically;
+- ``history.csv`` — per epoch: the five losses and their total, for train and val
+  (``val_*``), the learning rate, wall time, and (``EVAL_EACH_EPOCH``) val Dice and mAP@0.5;
+- ``tensorboard/`` — TensorBoard event files;
+- ``loss_curves.png`` — the losses per epoch, redrawn after every epoch.
+
+``--init last`` continues the newest run of the preset's NAME from its last
+checkpoint; epochs count on from there and the staged schedule resumes at the
+right stage. Ctrl-C saves the weights as the checkpoint of the epoch in progress
+(it is then counted as done) and exits cleanly; a killed process loses at most
+the epoch in progress, never a checkpoint (they are written to a temp file and renamed).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from braintumor.config import Config
+from braintumor.errors import BrainTumorError
+from braintumor.paths import resolve_data_dir, resolve_preset
+
+LOSS_NAMES = ("loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+
+
+# ----------------------------------------------------------------------------- config
+def build_config(args) -> Config:
+    """The preset with the command line's overrides applied (and validated)."""
+    overrides: dict[str, Any] = {}
+    if args.steps is not None:
+        overrides["STEPS_PER_EPOCH"] = args.steps
+    if getattr(args, "val_steps", None) is not None:
+        overrides["VALIDATION_STEPS"] = args.val_steps
+    if args.name:
+        overrides["NAME"] = args.name
+    if args.init:
+        overrides["INIT"] = args.init
+    if args.tumor_free:
+        overrides["TUMOR_FREE_DIRS"] = list(args.tumor_free)
+    if args.tumor_free_fraction is not None:
+        overrides["TUMOR_FREE_FRACTION"] = args.tumor_free_fraction
+    config = Config.from_toml(resolve_preset(args.config), **overrides)
+    if args.layers:
+        config = config.replace(LAYERS=args.layers, SCHEDULE=[])
+    if args.epochs is not None:
+        config = config.replace(EPOCHS=args.epochs, SCHEDULE=fit_schedule(config.SCHEDULE, args.epochs))
+    if config.TUMOR_FREE_DIRS and config.TUMOR_FREE_FRACTION == 0:
+        config = config.replace(TUMOR_FREE_FRACTION=0.25)
+    return config
+
+
+def fit_schedule(schedule: list[dict], epochs: int) -> list[dict]:
+    """Cut (or stretch the last stage of) a staged schedule so it spans ``epochs`` epochs."""
+    out, total = [], 0
+    for stage in schedule:
+        if total >= epochs:
+            break
+        take = min(stage["epochs"], epochs - total)
+        out.append({**stage, "epochs": take})
+        total += take
+    if out and total < epochs:
+        out[-1] = {**out[-1], "epochs": out[-1]["epochs"] + epochs - total}
+    return out
+
+
+def stage_plan(config: Config, start_epoch: int) -> list[dict]:
+    """The stages still to run from ``start_epoch``, each with its cumulative end epoch ``until``."""
+    plan, end = [], 0
+    for stage in config.schedule():
+        end += stage["epochs"]
+        if end > start_epoch:
+            plan.append({**stage, "until": end})
+    return plan
+
+
+# ----------------------------------------------------------------------------- data
+def mix_tumor_free(tumor: Any, free: Any, fraction: float, seed: int) -> Any:
+    """A dataset of ``tumor``'s images plus tumor-free images making up ``fraction`` of the whole.
+
+    The tumor-free images carry no instances (empty targets: they teach the RPN and
+    the classifier what background looks like). They are drawn without replacement
+    while they last, then again, with a fixed seed.
+    """
+    from braintumor.data import Dataset
+
+    if fraction <= 0 or len(free) == 0:
+        return tumor
+    want = int(round(fraction / (1.0 - fraction) * len(tumor)))
+    rng = np.random.default_rng(seed)
+    picks = np.concatenate([rng.permutation(len(free)) for _ in range(want // len(free) + 1)])[:want]
+    mixed = Dataset(tumor.class_names, source=tumor.source, format="mixed")
+    for info in tumor.image_info:
+        mixed.add_image(info["path"], info["height"], info["width"], info["shapes"])
+    for i in picks:
+        info = free.image_info[int(i)]
+        mixed.add_image(info["path"], info["height"], info["width"], [], tumor_free=True)
+    mixed.problems = list(tumor.problems) + list(free.problems)
+    return mixed
+
+
+def load_training_data(config: Config, data_dir: Path):
+    """``(train, val, tumor_free_held_out)`` datasets for a run."""
+    from braintumor.data import Dataset, load_split
+    from braintumor.tumor_free import list_images, split_by_slice
+
+    train = load_split(data_dir, "train", class_names=config.CLASS_NAMES)
+    val = load_split(data_dir, "val", class_names=config.CLASS_NAMES)
+    for ds in (train, val):
+        if ds.errors:
+            raise BrainTumorError(f"{ds.errors[0]} ({len(ds.errors)} errors; run: braintumor data check)")
+    held = None
+    if config.TUMOR_FREE_DIRS:
+        from braintumor.imageio import read_size
+
+        free = Dataset(config.CLASS_NAMES, format="folder")
+        held = Dataset(config.CLASS_NAMES, format="folder")
+        for folder in config.TUMOR_FREE_DIRS:
+            if not Path(folder).is_dir():
+                raise BrainTumorError(f"{folder}: tumor-free folder not found")
+            tr_files, held_files = split_by_slice(list_images(folder))
+            for target, files in ((free, tr_files), (held, held_files)):
+                for p in files:
+                    h, w = read_size(p)
+                    target.add_image(p, h, w, [])
+        train = mix_tumor_free(train, free, config.TUMOR_FREE_FRACTION, config.SEED)
+    return train, val, held
+
+
+# ----------------------------------------------------------------------------- callbacks
+def _keras_callbacks(run_dir: Path, model, config: Config, val_dataset, started: float):
+    import keras
+
+    class HistoryCSV(keras.callbacks.Callback):
+        """Appends one row per epoch to ``history.csv`` (and keeps earlier rows when resuming)."""
+
+        def __init__(self):
+            super().__init__()
+            self.path = run_dir / "history.csv"
+            self.t0 = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1}
+            for k in LOSS_NAMES:
+                row[k] = logs.get(k)
+                row[f"val_{k}"] = logs.get(f"val_{k}")
+            row["learning_rate"] = _current_lr(model)
+            row["epoch_seconds"] = round(time.time() - self.t0, 1)
+            row["wall_seconds"] = round(time.time() - started, 1)
+            if config.EVAL_EACH_EPOCH and val_dataset is not None:
+                row.update(_quick_eval(model, config, val_dataset, epoch + 1))
+            append_history(self.path, row)
+            plot_history(self.path, run_dir / "loss_curves.png")
+
+    class EpochTracker(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            model.epoch_in_progress = epoch + 1
+
+    cbs = [EpochTracker(), HistoryCSV()]
+    try:
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False,
+                                               update_freq="epoch", profile_batch=0))
+    except Exception:  # pragma: no cover - TensorBoard missing: the CSV still has everything
+        pass
+    return cbs
+
+
+def _current_lr(model) -> float | None:
+    try:
+        opt = model.keras_model.optimizer
+        lr = opt.learning_rate
+        if callable(lr) and not hasattr(lr, "numpy"):
+            lr = lr(opt.iterations)
+        return float(np.asarray(lr))
+    except Exception:
+        return None
+
+
+def _quick_eval(model, config: Config, val_dataset, epoch: int) -> dict:
+    """Val Dice and mAP@0.5 of the checkpoint just written (an inference model sharing its weights by name)."""
+    from braintumor.evaluate import evaluate_dataset
+    from braintumor.mrcnn import MaskRCNN
+
+    ckpt = model.checkpoint_path_for(epoch)
+    if not hasattr(model, "_eval_model"):
+        model._eval_model = MaskRCNN("inference", config.replace(IMAGES_PER_GPU=1, GPU_COUNT=1,
+                                                                 DETECTION_MIN_CONFIDENCE=0.05),
+                                     model_dir=model.model_dir)
+    model._eval_model.load_weights(str(ckpt), by_name=True)
+    res = evaluate_dataset(model._eval_model, val_dataset, config.DETECTION_MIN_CONFIDENCE, progress=False)
+    return {"val_dice": res["segmentation"]["dice_mean"], "val_map50": res["coco"]["segm"]["map50"]}
+
+
+def append_history(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path``, rewriting it atomically (header from the union of keys)."""
+    rows = read_history(path)
+    rows = [r for r in rows if int(r["epoch"]) < int(row["epoch"])] + [{k: ("" if v is None else v) for k, v in row.items()}]
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_history(csv_path: Path, png_path: Path) -> None:
+    """Draw every loss (train solid, val dashed) against the epoch into ``png_path`` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    rows = read_history(csv_path)
+    if not rows:
+        return
+    fig = Figure(figsize=(10, 6))
+    axes = fig.subplots(2, 3).ravel()
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, name in zip(axes, LOSS_NAMES):
+        for key, style in ((name, "-o"), (f"val_{name}", "--s")):
+            ys = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+            if not np.all(np.isnan(ys)):
+                ax.plot(epochs, ys, style, label="val" if key.startswith("val_") else "train", ms=3)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, png_path)
+
+
+# ----------------------------------------------------------------------------- run
+def _strategy(config: Config):
+    """``MirroredStrategy`` over ``GPU_COUNT`` devices (GPUs, else logical CPUs), or None for one device."""
+    if config.GPU_COUNT <= 1:
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < config.GPU_COUNT:
+        raise BrainTumorError(f"GPU_COUNT is {config.GPU_COUNT} but only {len(devices)} device(s) are visible")
+    return tf.distribute.MirroredStrategy(devices[: config.GPU_COUNT])
+
+
+def initialise(model, config: Config, init: str, logs: Path) -> str:
+    """Apply ``INIT`` (random, imagenet, coco, last or a path) to a training model; returns what was done."""
+    if init == "random":
+        return "random initialisation"
+    if init == "imagenet":
+        report = model.load_imagenet_weights()
+        return f"ImageNet backbone: {report}"
+    if init == "coco":
+        path = Path(os.environ.get("MASK_RCNN_COCO_WEIGHTS", logs / "mask_rcnn_coco.h5"))
+        if not path.is_file():
+            raise BrainTumorError(
+                f"{path}: COCO weights not found; download mask_rcnn_coco.h5 (Matterport release v2.0) "
+                "there or set $MASK_RCNN_COCO_WEIGHTS")
+        report = model.load_weights(str(path), by_name=True,
+                                    exclude=["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"])
+        model.set_log_dir()  # a new run, not a continuation of the COCO file
+        return f"COCO weights from {path}: {report}"
+    if init == "last":
+        path = model.find_last()
+        report = model.load_weights(str(path), by_name=True)
+        return f"resuming {path} at epoch {model.epoch}: {report}"
+    path = Path(init)
+    if not path.is_file():
+        raise BrainTumorError(f"{path}: weights file not found (--init takes random, imagenet, coco, last or a path)")
+    report = model.load_weights(str(path), by_name=True)
+    if not str(path.resolve()).startswith(str(Path(logs).resolve())):
+        model.set_log_dir()
+    return f"weights from {path}: {report}"
+
+
+def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1) -> Path:
+    """Train per ``config`` (all stages); returns the run folder."""
+    import keras
+
+    from braintumor.augment import build_augmentation
+    from braintumor.mrcnn import MaskRCNN
+
+    keras.utils.set_random_seed(config.SEED)
+    train, val, _held = load_training_data(config, data_dir)
+    print(f"data: {data_dir}: train {len(train)} images"
+          + (f" ({sum(1 for i in train.image_info if i.get('tumor_free'))} tumor-free)" if config.TUMOR_FREE_DIRS else "")
+          + f", val {len(val)} images", flush=True)
+    strategy = _strategy(config)
+    if strategy is not None:
+        with strategy.scope():
+            model = MaskRCNN("training", config, model_dir=logs)
+    else:
+        model = MaskRCNN("training", config, model_dir=logs)
+    print(initialise(model, config, config.INIT, logs), flush=True)
+    run_dir = Path(model.log_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.toml").exists():
+        config.save(run_dir / "config.toml")
+    print(f"run folder: {run_dir}", flush=True)
+    augmentation = build_augmentation(config.AUGMENTATION, seed=config.SEED) if config.AUGMENTATION else None
+    plan = stage_plan(config, model.epoch)
+    if not plan:
+        print(f"nothing to do: the run is already at epoch {model.epoch} of {config.EPOCHS}")
+        return run_dir
+    started = time.time()
+    callbacks = _keras_callbacks(run_dir, model, config, val, started)
+    model.epoch_in_progress = model.epoch + 1
+    try:
+        for stage in plan:
+            print(f"stage: layers {stage['layers']}, learning rate {stage['learning_rate']}, "
+                  f"epochs {model.epoch + 1}..{stage['until']}", flush=True)
+            if strategy is not None:
+                with strategy.scope():
+                    model.train(train, val, stage["learning_rate"], stage["until"], stage["layers"],
+                                augmentation=augmentation, callbacks=callbacks, verbose=verbose)
+            else:
+                model.train(train, val, stage["learning_rate"], stage["until"], stage["layers"],
+                            augmentation=augmentation, callbacks=callbacks, verbose=verbose)
+    except KeyboardInterrupt:
+        epoch = model.epoch_in_progress
+        path = model.checkpoint_path_for(epoch)
+        model.save_weights(path, epoch=epoch)
+        print(f"\ninterrupted during epoch {epoch}: weights saved to {path}; "
+              f"continue with: braintumor train --config {run_dir / 'config.toml'} --init last", flush=True)
+        return run_dir
+    print(f"done: {config.EPOCHS} epochs in {time.time() - started:.0f} s; last checkpoint "
+          f"{model.checkpoint_path_for(model.epoch)}", flush=True)
+    return run_dir
+
+
+def cli_train(args) -> int:
+    config = build_config(args)
+    data_dir = resolve_data_dir(args.data)
+    if not data_dir.is_dir():
+        raise BrainTumorError(f"{data_dir}: dataset folder not found (run: braintumor fetch-data, or pass --data)")
+    run_training(config, data_dir, Path(args.logs))
+    return 0
