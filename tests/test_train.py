@@ -1,0 +1,191 @@
+"""`braintumor train`: run folders, history, checkpoints, resume, Ctrl-C, schedules, seeds, tumor-free mixing."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from braintumor.config import Config
+from braintumor.train import build_config, fit_schedule, mix_tumor_free, read_history, run_training, stage_plan
+from mrcnn_testutil import TINY, blob_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_via_split(folder: Path, n: int, seed: int, size: int = 64) -> None:
+    """``n`` synthetic images with one bright ellipse each, annotated as VIA polygons."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    via = {}
+    for i in range(n):
+        bh, bw = int(rng.integers(size // 4, size // 2)), int(rng.integers(size // 4, size // 2))
+        y, x = int(rng.integers(2, size - bh - 2)), int(rng.integers(2, size - bw - 2))
+        img, _ = blob_image(size, size, [(y, x, y + bh, x + bw)], seed=seed + i)
+        name = f"{i}.png"
+        Image.fromarray(img).save(folder / name)
+        t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        xs = (x + bw / 2 + bw / 2 * np.cos(t)).round().astype(int).tolist()
+        ys = (y + bh / 2 + bh / 2 * np.sin(t)).round().astype(int).tolist()
+        via[f"{name}{(folder / name).stat().st_size}"] = {
+            "filename": name, "size": (folder / name).stat().st_size, "file_attributes": {},
+            "regions": [{"shape_attributes": {"name": "polygon", "all_points_x": xs, "all_points_y": ys},
+                         "region_attributes": {"shape": "tumor"}}]}
+    (folder / "annotations.json").write_text(json.dumps(via))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_via_split(root / "train", 4, seed=1)
+    write_via_split(root / "val", 2, seed=50)
+    return root
+
+
+@pytest.fixture()
+def tiny_preset(tmp_path) -> Path:
+    import tomli_w
+
+    p = tmp_path / "tiny.toml"
+    p.write_text(tomli_w.dumps({**TINY, "EPOCHS": 2, "AUGMENTATION": {"HORIZONTAL_FLIP": 0.5}}))
+    return p
+
+
+def _args(preset, data, logs, **kw):
+    base = dict(config=str(preset), data=str(data), logs=str(logs), init=None, epochs=None, steps=None, val_steps=None,
+                layers=None, tumor_free=None, tumor_free_fraction=None, name=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+# ------------------------------------------------------------------ pure logic
+def test_schedule_is_cut_or_stretched_to_the_epoch_count():
+    sched = [{"epochs": 3, "layers": "heads", "learning_rate": 0.01}, {"epochs": 2, "layers": "all"}]
+    assert fit_schedule(sched, 2) == [{"epochs": 2, "layers": "heads", "learning_rate": 0.01}]
+    assert [s["epochs"] for s in fit_schedule(sched, 7)] == [3, 4]
+    c = Config({"EPOCHS": 5, "SCHEDULE": sched})
+    assert [(s["layers"], s["until"]) for s in stage_plan(c, 0)] == [("heads", 3), ("all", 5)]
+    assert [(s["layers"], s["until"]) for s in stage_plan(c, 3)] == [("all", 5)]
+    assert stage_plan(c, 5) == []
+
+
+def test_command_line_overrides_the_preset(tiny_preset, tiny_data, tmp_path):
+    c = build_config(_args(tiny_preset, tiny_data, tmp_path, epochs=1, steps=3, layers="heads", name="other",
+                           tumor_free=["x"]))
+    assert (c.EPOCHS, c.STEPS_PER_EPOCH, c.LAYERS, c.NAME) == (1, 3, "heads", "other")
+    assert c.TUMOR_FREE_DIRS == ["x"] and c.TUMOR_FREE_FRACTION == 0.25
+
+
+def test_tumor_free_mixing_adds_empty_samples_at_the_requested_share(tiny_data, tmp_path):
+    from braintumor.data import load_image_folder, load_split
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 30 * i, np.uint8)).save(tmp_path / f"free{i}.png")
+    tumor = load_split(tiny_data, "train")
+    mixed = mix_tumor_free(tumor, load_image_folder(tmp_path), fraction=0.5, seed=0)
+    free = [i for i in mixed.image_ids if mixed.image_info[i].get("tumor_free")]
+    assert len(mixed) == 8 and len(free) == 4
+    for i in free:
+        masks, ids = mixed.load_mask(i)
+        assert masks.shape[2] == 0 and ids.shape == (0,)
+    assert mix_tumor_free(tumor, load_image_folder(tmp_path), 0.0, 0) is tumor
+
+
+# ------------------------------------------------------------------ runs (TensorFlow)
+@pytest.mark.slow
+def test_run_writes_checkpoints_history_and_curves_then_resumes(tiny_preset, tiny_data, tmp_path):
+    from braintumor.cli import main
+
+    logs = tmp_path / "logs"
+    assert main(["train", "--config", str(tiny_preset), "--data", str(tiny_data), "--logs", str(logs),
+                 "--epochs", "1", "--steps", "2"]) == 0
+    (run,) = [d for d in logs.iterdir() if d.is_dir()]
+    assert (run / "mask_rcnn_tiny_0001.h5").is_file()
+    assert (run / "loss_curves.png").stat().st_size > 1000
+    assert Config.from_toml(run / "config.toml").STEPS_PER_EPOCH == 2
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    rows = read_history(run / "history.csv")
+    assert [r["epoch"] for r in rows] == ["1"]
+    for key in ("loss", "rpn_class_loss", "mrcnn_mask_loss", "val_loss", "val_mrcnn_mask_loss"):
+        assert np.isfinite(float(rows[0][key])), key
+    assert not list(run.glob("*.tmp"))
+
+    # resume: the epoch count continues in the same run folder
+    assert main(["train", "--config", str(tiny_preset), "--data", str(tiny_data), "--logs", str(logs),
+                 "--epochs", "2", "--steps", "2", "--init", "last"]) == 0
+    assert [d for d in logs.iterdir() if d.is_dir()] == [run]
+    assert (run / "mask_rcnn_tiny_0002.h5").is_file()
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == ["1", "2"]
+
+    # evaluate --weights last on the same logs
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--weights", "last", "--logs", str(logs), "--data", str(tiny_data),
+                 "--split", "val", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["n_images"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_epoch_in_progress(tiny_preset, tiny_data, tmp_path, monkeypatch):
+    import keras
+
+    from braintumor import train as T
+
+    real = T._keras_callbacks
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_keras_callbacks", lambda *a, **k: real(*a, **k) + [Interrupt()])
+    config = build_config(_args(tiny_preset, tiny_data, tmp_path, epochs=2, steps=2))
+    run = run_training(config, tiny_data, tmp_path / "logs", verbose=0)
+    assert (run / "mask_rcnn_tiny_0001.h5").is_file()
+    assert not list(run.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_same_seed_same_first_epoch_losses(tiny_preset, tiny_data, tmp_path):
+    losses = []
+    for k in range(2):
+        config = build_config(_args(tiny_preset, tiny_data, tmp_path, epochs=1, steps=2, name=f"seed{k}"))
+        run = run_training(config, tiny_data, tmp_path / "logs", verbose=0)
+        row = read_history(run / "history.csv")[0]
+        losses.append([float(row[k]) for k in ("loss", "rpn_class_loss", "mrcnn_class_loss")])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+_MIRRORED = r"""
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+from braintumor.train import build_config, run_training, read_history
+import argparse
+args = argparse.Namespace(config=sys.argv[1], data=sys.argv[2], logs=sys.argv[3], init=None, epochs=1, steps=2,
+                          val_steps=1, layers=None, tumor_free=None, tumor_free_fraction=None, name=None)
+config = build_config(args).replace(GPU_COUNT=2)
+run = run_training(config, Path(sys.argv[2]), Path(sys.argv[3]), verbose=0)
+print("ROW", read_history(run / "history.csv")[0]["loss"])
+print("CKPT", (run / "mask_rcnn_tiny_0001.h5").is_file())
+"""
+
+
+@pytest.mark.slow
+def test_two_device_mirrored_training_on_cpu(tiny_preset, tiny_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED, str(tiny_preset), str(tiny_data), str(tmp_path / "logs")],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "strategy: MirroredStrategy, 2 replicas" in out.stdout
+    loss = float(out.stdout.split("ROW ")[1].split()[0])
+    assert np.isfinite(loss)
+    assert "CKPT True" in out.stdout
