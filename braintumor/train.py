@@ -297,8 +297,29 @@ def initialise(model, config: Config, init: str, logs: Path) -> str:
     return f"weights from {path}: {report}"
 
 
-def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1) -> Path:
-    """Train per ``config`` (all stages); returns the run folder."""
+def live_curves_callback():
+    """A keras callback that shows the run's ``loss_curves.png`` in a notebook after every epoch."""
+    import keras
+
+    class LiveCurves(keras.callbacks.Callback):
+        run_dir: Path | None = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            from IPython.display import Image as IPImage, clear_output, display
+
+            png = self.run_dir / "loss_curves.png" if self.run_dir else None
+            if png is not None and png.is_file():
+                clear_output(wait=True)
+                display(IPImage(filename=str(png)))
+
+    return LiveCurves()
+
+
+def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, callbacks=None) -> Path:
+    """Train per ``config`` (all stages); returns the run folder.
+
+    ``callbacks``: extra keras callbacks; one with a ``run_dir`` attribute gets the run folder.
+    """
     import keras
 
     from braintumor.augment import build_augmentation
@@ -329,7 +350,10 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1) -
         print(f"nothing to do: the run is already at epoch {model.epoch} of {config.EPOCHS}")
         return run_dir
     started = time.time()
-    callbacks = _keras_callbacks(run_dir, model, config, val, started)
+    callbacks = _keras_callbacks(run_dir, model, config, val, started) + list(callbacks or [])
+    for cb in callbacks:
+        if hasattr(cb, "run_dir"):
+            cb.run_dir = run_dir
     model.epoch_in_progress = model.epoch + 1
     try:
         for stage in plan:

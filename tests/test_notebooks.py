@@ -1,0 +1,42 @@
+"""The notebooks run end to end (tiny settings: the quick preset, 1 epoch of 2 steps)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _no_outputs(path: Path) -> bool:
+    nb = nbformat.read(path, as_version=4)
+    return not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_notebooks_are_committed_without_outputs(name):
+    assert _no_outputs(ROOT / "notebooks" / name)
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_end_to_end(real_data_dir, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("BT_PRESET", "quick")
+    monkeypatch.setenv("BT_EPOCHS", "1")
+    monkeypatch.setenv("BT_STEPS", "2")
+    monkeypatch.setenv("BT_VAL_STEPS", "1")
+    monkeypatch.setenv("BT_EVAL_LIMIT", "3")
+    monkeypatch.setenv("BT_LOGS", str(logs))
+    monkeypatch.setenv("BRAIN_TUMOR_DATA", str(real_data_dir))
+    nb = nbformat.read(ROOT / "notebooks" / "01_train.ipynb", as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    (run,) = [d for d in logs.iterdir() if d.is_dir()]
+    assert (run / "mask_rcnn_quick_0001.h5").is_file()
+    assert (run / "eval_val" / "metrics.json").is_file()
+    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                 if "image/png" in o.get("data", {}))
+    assert images >= 3  # data figure, loss curves, evaluation figures
