@@ -1,0 +1,128 @@
+"""MaskRCNN end to end on a tiny config: train step, frozen layers, empty ground truth,
+detect() at the original sizes, checkpoints (save -> load -> same detections), run folders."""
+
+import numpy as np
+import pytest
+import keras
+
+from braintumor.errors import BrainTumorError
+from braintumor.mrcnn import MaskRCNN
+from braintumor.mrcnn.inputs import INPUT_ORDER, build_training_sample
+from mrcnn_testutil import blob_dataset, blob_image, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _batch(ds, cfg, ids):
+    samples = [build_training_sample(ds, cfg, i, rng=np.random.default_rng(i)) for i in ids]
+    return [np.stack([s[k] for s in samples]) for k in INPUT_ORDER]
+
+
+def _weights(model, name):
+    return [np.array(w) for w in model.get_layer(name).weights]
+
+
+def test_heads_step_changes_heads_only_and_empty_gt_losses(tmp_path):
+    cfg = tiny_config()
+    m = MaskRCNN("training", cfg, tmp_path)
+    km = m.keras_model
+    m.set_trainable("heads")
+    m.compile(0.01)
+    ds = blob_dataset(2, empty_every=2)
+    x = _batch(ds, cfg, [0])
+    names = ["mrcnn_class_logits", "mrcnn_mask", "fpn_p2", "res5c_branch2c", "conv1", "bn_conv1",
+             "mrcnn_class_bn1"]
+    before = {n: _weights(km, n) for n in names}
+    rpn_before = [np.array(w) for w in km.get_layer("rpn_model").weights]
+    logs = km.train_on_batch(x, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values())
+    for n in ("mrcnn_class_logits", "mrcnn_mask", "fpn_p2"):
+        assert any(not np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
+    assert any(not np.array_equal(a, np.array(b)) for a, b in zip(rpn_before, km.get_layer("rpn_model").weights))
+    for n in ("res5c_branch2c", "conv1", "bn_conv1", "mrcnn_class_bn1"):  # backbone and frozen BN untouched
+        assert all(np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
+    # a tumor-free sample: box and mask losses exactly zero, class losses positive, a step stays finite
+    e = _batch(ds, cfg, [1])
+    parts = km.compute_losses(e, km(e, training=False))
+    parts = {k: float(v) for k, v in parts.items()}
+    assert parts["rpn_bbox_loss"] == 0.0 and parts["mrcnn_bbox_loss"] == 0.0 and parts["mrcnn_mask_loss"] == 0.0
+    assert parts["rpn_class_loss"] > 0 and parts["mrcnn_class_loss"] > 0
+    logs = km.train_on_batch(e, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values())
+    assert all(np.all(np.isfinite(np.array(w))) for w in km.trainable_weights)
+
+
+def test_set_trainable_groups_and_train_bn(tmp_path):
+    m = MaskRCNN("training", tiny_config(TRAIN_BN=True), tmp_path)
+    km = m.keras_model
+    m.set_trainable("4+")
+    assert km.get_layer("res4a_branch2a").trainable and km.get_layer("bn4a_branch2a").trainable
+    assert not km.get_layer("res3a_branch2a").trainable and not km.get_layer("bn_conv1").trainable
+    m.set_trainable("all")
+    assert km.get_layer("conv1").trainable and km.get_layer("bn_conv1").trainable
+    m2 = MaskRCNN("training", tiny_config(TRAIN_BN=False), tmp_path)
+    m2.set_trainable("all")
+    assert not m2.keras_model.get_layer("bn_conv1").trainable
+    assert not m2.keras_model.get_layer("mrcnn_mask_bn1").trainable
+
+
+def test_detect_returns_original_sizes_and_save_load_round_trip(tmp_path):
+    cfg = tiny_config(DETECTION_MIN_CONFIDENCE=0.0)
+    a = MaskRCNN("inference", cfg, tmp_path)
+    img1, _ = blob_image(48, 96, [(10, 20, 30, 60)])
+    img2, _ = blob_image(80, 40, [(10, 5, 40, 30)], seed=1)
+    res = a.detect([img1, img2])
+    assert len(res) == 2
+    for r, img in zip(res, (img1, img2)):
+        n = len(r["class_ids"])
+        assert r["masks"].shape == img.shape[:2] + (n,) and r["masks"].dtype == bool
+        assert r["rois"].shape == (n, 4) and r["rois"].dtype == np.int32 and r["scores"].shape == (n,)
+        if n:
+            assert r["rois"][:, 2].max() <= img.shape[0] and r["rois"][:, 3].max() <= img.shape[1]
+            assert np.all(r["class_ids"] > 0)
+    path = tmp_path / "w.h5"
+    a.save_weights(path)
+    keras.utils.set_random_seed(123)
+    b = MaskRCNN("inference", tiny_config(DETECTION_MIN_CONFIDENCE=0.0, SEED=99), tmp_path)
+    assert not np.array_equal(np.array(a.keras_model.get_layer("fpn_p2").kernel),
+                              np.array(b.keras_model.get_layer("fpn_p2").kernel))
+    report = b.load_weights(path)
+    assert report.complete
+    for wa, wb in zip(a.keras_model.weights, b.keras_model.weights):
+        np.testing.assert_array_equal(np.array(wa), np.array(wb))
+    res_b = b.detect([img1, img2])
+    for ra, rb in zip(res, res_b):
+        np.testing.assert_array_equal(ra["rois"], rb["rois"])
+        np.testing.assert_array_equal(ra["masks"], rb["masks"])
+        np.testing.assert_allclose(ra["scores"], rb["scores"], rtol=1e-6)
+
+
+def test_train_writes_checkpoints_resumes_and_find_last(tmp_path):
+    cfg = tiny_config()
+    m = MaskRCNN("training", cfg, tmp_path)
+    with pytest.raises(BrainTumorError, match="no checkpoint"):
+        m.find_last()
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, sorted(logs)))
+
+    ds = blob_dataset(3, empty_every=3)
+    m.train(ds, blob_dataset(2, seed=5), learning_rate=0.01, epochs=1, layers="heads", callbacks=[Spy()], verbose=0)
+    ck = m.log_dir / "mask_rcnn_tiny_0001.h5"
+    assert ck.is_file() and (m.log_dir / "config.toml").is_file()
+    assert m.log_dir.parent == tmp_path and m.log_dir.name.startswith("tiny")
+    assert m.epoch == 1 and seen[0][0] == 0
+    assert {"loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss",
+            "val_loss"} <= set(seen[0][1])
+    assert m.find_last() == ck
+    # a new model resumes that run: same folder, next epoch number
+    m2 = MaskRCNN("training", cfg, tmp_path)
+    m2.load_weights(m2.find_last())
+    assert m2.epoch == 1 and m2.log_dir == m.log_dir
+    m2.train(ds, None, learning_rate=0.01, epochs=2, layers="all", verbose=0)
+    assert (m.log_dir / "mask_rcnn_tiny_0002.h5").is_file() and m2.epoch == 2
+    assert m2.find_last().name == "mask_rcnn_tiny_0002.h5"
+    with pytest.raises(BrainTumorError):
+        MaskRCNN("inference", cfg, tmp_path).train(ds, None, 0.01, 1, "heads")
