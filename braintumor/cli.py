@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
     ev.add_argument("--images", help="folder of unannotated images (e.g. tumor-free scans) instead of a split")
     ev.add_argument("--tumor-free", help="folder of tumor-free images for image-level specificity")
+    ev.add_argument("--tumor-free-part", choices=["held-out", "train", "all"], default="held-out",
+                    help="which slices of --tumor-free to use (split by slice; training mixes in 'train')")
     ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>)")
     ev.add_argument("--logs", default="logs", help="logs folder for --weights last")
     ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")

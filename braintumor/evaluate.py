@@ -467,7 +467,9 @@ def cli_evaluate(args) -> int:
     if tumor_free_dir:
         if not Path(tumor_free_dir).is_dir():
             raise BrainTumorError(f"{tumor_free_dir}: not a folder")
-        free = load_image_folder(tumor_free_dir)
+        from braintumor.tumor_free import load_tumor_free
+
+        free = load_tumor_free(tumor_free_dir, getattr(args, "tumor_free_part", "held-out"), dataset.class_names)
     for ds in (dataset, free):
         for problem in getattr(ds, "problems", None) or []:
             print(f"warning: {problem}", file=sys.stderr)

@@ -110,8 +110,8 @@ def mix_tumor_free(tumor: Any, free: Any, fraction: float, seed: int) -> Any:
 
 def load_training_data(config: Config, data_dir: Path):
     """``(train, val, tumor_free_held_out)`` datasets for a run."""
-    from braintumor.data import Dataset, load_split
-    from braintumor.tumor_free import list_images, split_by_slice
+    from braintumor.data import load_split
+    from braintumor.tumor_free import load_tumor_free
 
     train = load_split(data_dir, "train", class_names=config.CLASS_NAMES)
     val = load_split(data_dir, "val", class_names=config.CLASS_NAMES)
@@ -120,18 +120,8 @@ def load_training_data(config: Config, data_dir: Path):
             raise BrainTumorError(f"{ds.errors[0]} ({len(ds.errors)} errors; run: braintumor data check)")
     held = None
     if config.TUMOR_FREE_DIRS:
-        from braintumor.imageio import read_size
-
-        free = Dataset(config.CLASS_NAMES, format="folder")
-        held = Dataset(config.CLASS_NAMES, format="folder")
-        for folder in config.TUMOR_FREE_DIRS:
-            if not Path(folder).is_dir():
-                raise BrainTumorError(f"{folder}: tumor-free folder not found")
-            tr_files, held_files = split_by_slice(list_images(folder))
-            for target, files in ((free, tr_files), (held, held_files)):
-                for p in files:
-                    h, w = read_size(p)
-                    target.add_image(p, h, w, [])
+        free = load_tumor_free(config.TUMOR_FREE_DIRS, "train", config.CLASS_NAMES)
+        held = load_tumor_free(config.TUMOR_FREE_DIRS, "held-out", config.CLASS_NAMES)
         train = mix_tumor_free(train, free, config.TUMOR_FREE_FRACTION, config.SEED)
     return train, val, held
 

@@ -117,3 +117,41 @@ def split_by_slice(paths: list[Path], held_out_fraction: float = 0.3, threshold:
         bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (held if bucket < held_out_fraction else train).extend(files)
     return sorted(train), sorted(held)
+
+
+PARTS = ("train", "held-out", "all")
+
+
+def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")):
+    """A Dataset (0 instances per image) of one part of tumor-free folders, split by slice.
+
+    folders: a folder or a list of folders; part: ``train`` (what training mixes in),
+    ``held-out`` (what evaluation measures specificity on) or ``all``.
+    """
+    from braintumor.data import Dataset
+    from braintumor.errors import BrainTumorError
+    from braintumor.imageio import read_size
+
+    if part not in PARTS:
+        raise BrainTumorError(f"tumor-free part must be one of {', '.join(PARTS)}, got {part!r}")
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    ds = Dataset(list(class_names), source=Path(folders[0]) if len(folders) == 1 else None, format="folder")
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise BrainTumorError(f"{folder}: tumor-free folder not found")
+        files = list_images(folder)
+        if not files:
+            raise BrainTumorError(f"{folder}: no image files")
+        if part == "all":
+            chosen = files
+        else:
+            train, held = split_by_slice(files)
+            chosen = train if part == "train" else held
+        for p in chosen:
+            try:
+                h, w = read_size(p)
+            except BrainTumorError as e:
+                ds.add_problem(str(e), "error", "unreadable image")
+                continue
+            ds.add_image(p, h, w, [])
+    return ds

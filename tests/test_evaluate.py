@@ -219,6 +219,12 @@ def fake_stack(tmp_path, monkeypatch):
         seen.setdefault("folders", []).append(Path(folder).name)
         return free
 
+    def load_tumor_free(folder, part="held-out", class_names=None):
+        seen.setdefault("folders", []).append(Path(folder).name)
+        seen["tumor_free_part"] = part
+        return free
+
+    monkeypatch.setitem(sys.modules, "braintumor.tumor_free", types.SimpleNamespace(load_tumor_free=load_tumor_free))
     monkeypatch.setitem(sys.modules, "braintumor.inference", types.SimpleNamespace(load_predictor=load_predictor))
     monkeypatch.setitem(sys.modules, "braintumor.data",
                         types.SimpleNamespace(load_split=load_split, load_image_folder=load_image_folder))
@@ -238,6 +244,7 @@ def test_cli_evaluate_writes_metrics_next_to_checkpoint(fake_stack, capsys):
     assert seen["min_confidence"] == E.EVAL_SCORE_FLOOR  # low floor for the curves
     assert seen["weights"] == "last" and seen["logs"] == str(tmp / "logs")
     assert seen["data_dir"] == tmp / "data" and seen["split"] == "val" and seen["folders"] == ["free"]
+    assert seen["tumor_free_part"] == "held-out"  # never the slices training mixed in
     metrics = run / "eval_val" / "metrics.json"
     check_numbers(json.loads(metrics.read_text()))  # threshold 0.5 from the run folder's config.toml
     out = capsys.readouterr().out

@@ -59,3 +59,21 @@ def test_real_tumor_free_folder_groups_into_about_117_slices(tumor_free_dir):
     train, held = split_by_slice(files)
     assert len(train) + len(held) == 733
     assert 0.15 < len(held) / 733 < 0.45
+
+
+def test_load_tumor_free_parts_are_disjoint_and_cover_the_folder(tmp_path: Path):
+    from braintumor.errors import BrainTumorError
+    from braintumor.tumor_free import load_tumor_free
+
+    for s in range(6):
+        for k, c in enumerate(_copies(_slice(200 + s))[:3]):
+            Image.fromarray(c).save(tmp_path / f"s{s}_{k}.png")
+    names = {p: {i["name"] for i in load_tumor_free(tmp_path, p).image_info} for p in ("train", "held-out", "all")}
+    assert not names["train"] & names["held-out"]
+    assert names["train"] | names["held-out"] == names["all"] and len(names["all"]) == 18
+    ds = load_tumor_free(tmp_path, "held-out")
+    assert all(ds.load_mask(i)[0].shape[2] == 0 for i in ds.image_ids)
+    with pytest.raises(BrainTumorError, match="part"):
+        load_tumor_free(tmp_path, "test")
+    with pytest.raises(BrainTumorError, match="not found"):
+        load_tumor_free(tmp_path / "missing")
