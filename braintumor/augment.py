@@ -15,6 +15,7 @@ Built from the ``[AUGMENTATION]`` table of a preset::
     GAMMA = 0.0                  # probability of a gamma change in [0.8, 1.2]
     GAUSS_NOISE = 0.0            # probability of Gaussian noise (std 1-4 % of 255)
     BLUR = 0.0                   # probability of a 3-5 pixel box blur
+    DOWNSCALE = 0.0              # probability of losing resolution: down to 40-90 % and back up
 
 Transforms run in that order. Geometry moves image and masks identically (masks
 with nearest-neighbour interpolation, new pixels black / background); intensity
@@ -44,6 +45,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "GAMMA": ("p", 0.0),
     "GAUSS_NOISE": ("p", 0.0),
     "BLUR": ("p", 0.0),
+    "DOWNSCALE": ("p", 0.0),
 }
 _AFFINE_PARTS = ("ROTATE", "SCALE", "TRANSLATE")
 
@@ -117,6 +119,8 @@ class Augmenter:
             transforms.append(A.GaussNoise(std_range=(0.01, 0.04), p=s["GAUSS_NOISE"]))
         if s["BLUR"] > 0:
             transforms.append(A.Blur(blur_limit=(3, 5), p=s["BLUR"]))
+        if s["DOWNSCALE"] > 0:
+            transforms.append(A.Downscale(scale_range=(0.4, 0.9), p=s["DOWNSCALE"]))
         self.transforms = transforms
         self._compose = A.Compose(transforms, p=1.0, seed=seed)
         self._rng = np.random.default_rng(seed)

@@ -71,7 +71,7 @@ def test_affine_keeps_bright_pixels_and_mask_aligned():
 def test_intensity_changes_touch_only_the_image():
     image, masks, cls = _square()
     aug = build_augmentation({"BRIGHTNESS_CONTRAST": 1.0, "BRIGHTNESS": 0.3, "CONTRAST": 0.3,
-                              "GAMMA": 1.0, "GAUSS_NOISE": 1.0, "BLUR": 1.0})
+                              "GAMMA": 1.0, "GAUSS_NOISE": 1.0, "BLUR": 1.0, "DOWNSCALE": 1.0})
     changed = 0
     for seed in range(5):
         out, m, c = aug(image, masks, cls, rng=seed)

@@ -11,8 +11,8 @@ Training model inputs (see :func:`braintumor.mrcnn.inputs.build_training_sample`
 ``input_gt_class_ids [B, G]``, ``input_gt_boxes [B, G, 4]`` (normalized),
 ``input_gt_masks [B, G, mh, mw]``. Its outputs feed the five losses, computed
 in :meth:`MaskRCNNTrainModel.train_step`. In training the mask head runs only on
-the first ``int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO)`` sampled ROIs, the
-only ones that can be positive (the mask loss uses positives only).
+the positive sampled ROIs (the mask loss uses positives only; positives are the
+first rows, at most ``int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO)``).
 
 Inference model inputs: ``input_image``, ``input_image_meta``; outputs
 ``[detections [B, D, 6], mrcnn_class [B, R, C], mrcnn_bbox [B, R, C, 4],
@@ -73,6 +73,16 @@ class _ValidDetections(layers.Layer):
 
     def compute_output_spec(self, x):
         return keras.KerasTensor(tuple(x.shape[:-1]), "bool")
+
+
+class _Positive(layers.Layer):
+    """``[B, N]`` target class ids -> ``[B, N]`` bool (id > 0)."""
+
+    def call(self, x):
+        return x > 0
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(tuple(x.shape), "bool")
 
 
 class _FirstRows(layers.Layer):
@@ -221,7 +231,8 @@ def build_training_model(config: Config) -> MaskRCNNTrainModel:
     m_logits, _, m_bbox = classifier_head(rois, meta, maps, config, t)
     # positives are the first rows of `rois`: the mask head (and its loss) only needs those
     cap = targets.positive_capacity
-    m_mask = mask_head(_FirstRows(cap, name="mask_rois")(rois), meta, maps, config, cap)
+    mask_valid = _Positive(name="mask_rows_positive")(_FirstRows(cap, name="mask_class_ids")(t_ids))
+    m_mask = mask_head(_FirstRows(cap, name="mask_rois")(rois), meta, maps, config, cap, valid=mask_valid)
     return MaskRCNNTrainModel(
         [image, meta, rpn_match, rpn_bbox_t, gt_ids, gt_boxes, gt_masks],
         [rpn_logits, rpn_bbox, rois, t_ids, t_deltas, t_masks, m_logits, m_bbox, m_mask],
