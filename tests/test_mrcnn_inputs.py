@@ -114,3 +114,10 @@ def test_tf_dataset_batches():
     (x,) = next(iter(ds))
     assert [tuple(t.shape) for t in x][:3] == [(2, 64, 64, 3), (2, cfg.IMAGE_META_SIZE), (2, 1023, 1)]
     assert tuple(x[6].shape) == (2, 4, 28, 28)
+
+
+def test_class_id_beyond_num_classes_is_a_one_line_error():
+    ds = blob_dataset(1)
+    ds.load_mask = lambda i: (blob_image(64, 64, [(5, 5, 20, 20)])[1], np.array([2], np.int32))
+    with pytest.raises(BrainTumorError, match="img0.png: class id 2 but NUM_CLASSES is 2"):
+        I.build_training_sample(ds, tiny_config(), 0)

@@ -10,8 +10,6 @@ from braintumor.mrcnn import MaskRCNN
 from braintumor.mrcnn.inputs import INPUT_ORDER, build_training_sample
 from mrcnn_testutil import blob_dataset, blob_image, tiny_config
 
-pytestmark = pytest.mark.slow
-
 
 def _batch(ds, cfg, ids):
     samples = [build_training_sample(ds, cfg, i, rng=np.random.default_rng(i)) for i in ids]
@@ -22,6 +20,7 @@ def _weights(model, name):
     return [np.array(w) for w in model.get_layer(name).weights]
 
 
+@pytest.mark.slow
 def test_heads_step_changes_heads_only_and_empty_gt_losses(tmp_path):
     cfg = tiny_config()
     m = MaskRCNN("training", cfg, tmp_path)
@@ -66,9 +65,13 @@ def test_set_trainable_groups_and_train_bn(tmp_path):
     assert not m2.keras_model.get_layer("mrcnn_mask_bn1").trainable
 
 
+@pytest.mark.slow
 def test_detect_returns_original_sizes_and_save_load_round_trip(tmp_path):
     cfg = tiny_config(DETECTION_MIN_CONFIDENCE=0.0)
     a = MaskRCNN("inference", cfg, tmp_path)
+    logits = a.keras_model.get_layer("mrcnn_class_logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * 0.01, np.array([0.0, 4.0], np.float32)])  # random net, but it "sees" tumors
     img1, _ = blob_image(48, 96, [(10, 20, 30, 60)])
     img2, _ = blob_image(80, 40, [(10, 5, 40, 30)], seed=1)
     res = a.detect([img1, img2])
@@ -77,9 +80,15 @@ def test_detect_returns_original_sizes_and_save_load_round_trip(tmp_path):
         n = len(r["class_ids"])
         assert r["masks"].shape == img.shape[:2] + (n,) and r["masks"].dtype == bool
         assert r["rois"].shape == (n, 4) and r["rois"].dtype == np.int32 and r["scores"].shape == (n,)
-        if n:
-            assert r["rois"][:, 2].max() <= img.shape[0] and r["rois"][:, 3].max() <= img.shape[1]
-            assert np.all(r["class_ids"] > 0)
+        assert 1 <= n <= cfg.DETECTION_MAX_INSTANCES
+        assert r["rois"][:, 2].max() <= img.shape[0] and r["rois"][:, 3].max() <= img.shape[1]
+        assert np.all(r["rois"][:, 2:] > r["rois"][:, :2]) and np.all(r["class_ids"] == 1)
+        assert np.all(np.diff(r["scores"]) <= 0) and np.all(r["scores"] > 0.9)
+        # each mask lies inside its box
+        for j, (y1, x1, y2, x2) in enumerate(r["rois"]):
+            outside = r["masks"][:, :, j].copy()
+            outside[y1:y2, x1:x2] = False
+            assert not outside.any()
     path = tmp_path / "w.h5"
     a.save_weights(path)
     keras.utils.set_random_seed(123)
@@ -97,6 +106,7 @@ def test_detect_returns_original_sizes_and_save_load_round_trip(tmp_path):
         np.testing.assert_allclose(ra["scores"], rb["scores"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_resumes_and_find_last(tmp_path):
     cfg = tiny_config()
     m = MaskRCNN("training", cfg, tmp_path)
@@ -126,3 +136,48 @@ def test_train_writes_checkpoints_resumes_and_find_last(tmp_path):
     assert m2.find_last().name == "mask_rcnn_tiny_0002.h5"
     with pytest.raises(BrainTumorError):
         MaskRCNN("inference", cfg, tmp_path).train(ds, None, 0.01, 1, "heads")
+
+
+def test_set_log_dir_parses_run_folder_and_epoch(tmp_path):
+    m = MaskRCNN("inference", tiny_config(), tmp_path)
+    assert m.epoch == 0 and m.log_dir.parent == tmp_path and m.log_dir.name.startswith("tiny")
+    run = tmp_path / "tiny20260101T0930"
+    m.set_log_dir(run / "mask_rcnn_tiny_0007.h5")
+    assert m.epoch == 7 and m.log_dir == run
+    assert m.checkpoint_path_for(8) == run / "mask_rcnn_tiny_0008.h5"
+    m.set_log_dir(tmp_path / "elsewhere.h5")  # not a checkpoint of a run: a new run from epoch 0
+    assert m.epoch == 0 and m.log_dir != run
+
+
+def test_find_last_picks_newest_run_with_a_checkpoint(tmp_path):
+    m = MaskRCNN("inference", tiny_config(), tmp_path)
+    old, new, empty, other = (tmp_path / n for n in ("tiny20250101T0000", "tiny20260101T0000",
+                                                     "tiny20270101T0000", "quick20280101T0000"))
+    for d in (old, new, empty, other):
+        d.mkdir()
+    for p in (old / "mask_rcnn_tiny_0009.h5", new / "mask_rcnn_tiny_0002.h5", new / "mask_rcnn_tiny_0010.h5",
+              other / "mask_rcnn_quick_0001.h5"):
+        p.write_bytes(b"")
+    assert m.find_last() == new / "mask_rcnn_tiny_0010.h5"
+
+
+def test_same_seed_same_initial_weights(tmp_path):
+    a = MaskRCNN("training", tiny_config(), tmp_path).keras_model
+    b = MaskRCNN("training", tiny_config(), tmp_path).keras_model
+    c = MaskRCNN("training", tiny_config(SEED=8), tmp_path).keras_model
+    for n in ("conv1", "fpn_p2", "mrcnn_mask"):
+        np.testing.assert_array_equal(np.array(a.get_layer(n).kernel), np.array(b.get_layer(n).kernel))
+    assert not np.array_equal(np.array(a.get_layer("fpn_p2").kernel), np.array(c.get_layer("fpn_p2").kernel))
+
+
+def test_warmup_cosine_schedule():
+    from braintumor.mrcnn.model import WarmupCosine
+
+    s = WarmupCosine(0.1, offset=0, warmup=10, total=100, cosine=True)
+    lr = [float(s(i)) for i in (0, 4, 9, 50, 99, 150)]
+    cos = [0.5 * (1 + np.cos(np.pi * i / 100)) for i in (0, 4, 9)]
+    np.testing.assert_allclose(lr[:3], [0.1 * 0.1 * cos[0], 0.1 * 0.5 * cos[1], 0.1 * 1.0 * cos[2]], rtol=1e-5)
+    np.testing.assert_allclose(lr[3], 0.05, rtol=1e-5)
+    assert lr[4] < 1e-3 and lr[5] == pytest.approx(0.0, abs=1e-9)
+    resumed = WarmupCosine(0.1, offset=50, warmup=10, total=100, cosine=True)
+    assert float(resumed(0)) == pytest.approx(0.05, rel=1e-5)  # continues the run's curve

@@ -192,6 +192,9 @@ def load_image_gt(dataset, config, image_id, augmenter=None, rng=None, train=Tru
         image, masks, class_ids = augmenter(image, masks, class_ids, rng=rng)
         masks = np.asarray(masks, bool).reshape(image.shape[0], image.shape[1], -1)
         class_ids = np.asarray(class_ids, np.int32).reshape(-1)
+    if class_ids.size and class_ids.max() >= config.NUM_CLASSES:
+        name = dataset.image_info[image_id].get("name", image_id) if hasattr(dataset, "image_info") else image_id
+        raise BrainTumorError(f"{name}: class id {int(class_ids.max())} but NUM_CLASSES is {config.NUM_CLASSES}")
     original_shape = image.shape
     image, info = resize_image(image, config, rng=rng, train=train)
     masks = resize_masks(masks, info)

@@ -27,7 +27,6 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import keras
 from keras import layers, ops
 
@@ -286,7 +285,8 @@ class MaskRCNN:
         self.model_dir = Path(model_dir)
         self.epoch = 0
         self._predict_fn = None
-        keras.utils.set_random_seed(config.SEED)
+        if mode == "training":  # same SEED -> same initial weights (and sampling in the graph)
+            keras.utils.set_random_seed(config.SEED)
         self.set_log_dir()
         self.keras_model = build_training_model(config) if mode == "training" else build_inference_model(config)
         if mode == "training":
@@ -363,15 +363,15 @@ class MaskRCNN:
         regex = LAYER_REGEX.get(layers, layers)
         pattern = re.compile(regex)
 
-        def visit(model, indent=0):
+        def visit(model):
             for layer in model.layers:
                 if isinstance(layer, keras.Model):
-                    if pattern.fullmatch(layer.name):
+                    # (setting a model's `trainable` sets it on all its layers: do that first)
+                    on = bool(pattern.fullmatch(layer.name))
+                    layer.trainable = on
+                    if on:
                         for inner in layer.layers:
                             inner.trainable = not isinstance(inner, layers_BN) or bool(self.config.TRAIN_BN)
-                        layer.trainable = True
-                    else:
-                        layer.trainable = False
                     continue
                 if not layer.weights:
                     continue
@@ -380,7 +380,7 @@ class MaskRCNN:
                     on = on and bool(self.config.TRAIN_BN)
                 layer.trainable = on
                 if verbose and on:
-                    print(f"{' ' * indent}{layer.name:30} ({type(layer).__name__})")
+                    print(f"{layer.name:30} ({type(layer).__name__})")
 
         visit(self.keras_model)
 

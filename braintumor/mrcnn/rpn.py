@@ -25,7 +25,7 @@ def build_rpn_model(anchors_per_location: int, depth: int, anchor_stride: int = 
                            name="rpn_conv_shared")(fmap)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
     logits = layers.Reshape((-1, 2))(x)
-    probs = layers.Activation("softmax", name="rpn_class_xxx")(logits)
+    probs = layers.Activation("softmax", name="rpn_probs")(logits)
     x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
     bbox = layers.Reshape((-1, 4))(x)
     return keras.Model(fmap, [logits, probs, bbox], name="rpn_model")
