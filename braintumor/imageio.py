@@ -297,3 +297,19 @@ def _has_dicm_magic(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` -> ``uint8 [H, W, 3]`` (a copy)."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise BrainTumorError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape {img.shape}")
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.array(img, copy=True)

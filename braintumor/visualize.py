@@ -20,27 +20,13 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
+from braintumor.imageio import as_rgb_uint8  # noqa: F401  (re-exported: callers draw on any image array)
+
 # distinct, saturated colours that stay visible on grey MR slices; instance i gets PALETTE[i % len]
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 59, 48), (0, 199, 255), (255, 204, 0), (175, 82, 222),
     (52, 199, 89), (255, 105, 180), (255, 149, 0), (90, 200, 250),
 )
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` -> ``uint8 [H, W, 3]`` (a copy)."""
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape {img.shape}")
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    return np.array(img, copy=True)
 
 
 def _n_instances(result: dict[str, Any]) -> int:

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from fakes import write_dicom
 from PIL import Image
 
 import braintumor.app as app_mod
@@ -223,26 +225,9 @@ def _scan(path: Path) -> Path:
 
 def _big_dicom(path: Path, side: int = 3072) -> Path:
     """A 16-bit MR slice of ``side`` x ``side`` pixels (3072: 18.9 MB, above tornado's 10 MiB message limit)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     small = np.asarray(Image.open(_scan(path.with_suffix(".png"))).convert("L"), np.uint16) * 8
     px = np.repeat(np.repeat(small, side // 256, axis=0), side // 256, axis=1)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns = px.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelSpacing = ["0.08", "0.08"]
-    ds.PixelData = px.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, px, spacing=(0.08, 0.08))
 
 
 def _open_app(p, url):

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.measure import label
 
 import braintumor.inference as inference
-from braintumor.boxes import masks_to_boxes
 from braintumor.cli import main
 from braintumor.config import Config
+from fakes import blob_results
 from braintumor.detect import analyse_image, filter_result, safe_stem, summary_line, _unique_stems
 
 
@@ -29,16 +28,7 @@ class BlobPredictor:
 
     def detect(self, images):
         self.detect_calls += 1
-        out = []
-        for im in images:
-            g = im[..., 0]
-            lab = label(g > 128)
-            masks = np.stack([lab == k for k in range(1, lab.max() + 1)], -1) if lab.max() else \
-                np.zeros(g.shape + (0,), bool)
-            scores = np.array([g[masks[..., i]].mean() / 255 for i in range(masks.shape[-1])], np.float32)
-            out.append({"rois": masks_to_boxes(masks), "class_ids": np.ones(len(scores), np.int32),
-                        "scores": scores, "masks": masks})
-        return out
+        return blob_results(images)
 
 
 def _png(path: Path, blobs=()):

@@ -13,10 +13,9 @@ import ipywidgets as W
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.measure import label
 
-from braintumor.boxes import masks_to_boxes
 from braintumor.config import Config
+from fakes import blob_results, dicom_bytes as make_dicom
 from braintumor.ui import TEXT, build_app, normalise_upload
 
 
@@ -41,16 +40,7 @@ class BlobPredictor:
     def detect(self, images):
         assert self.loaded, "the app must load the model before detecting"
         self.detect_calls += 1
-        out = []
-        for im in images:
-            g = im[..., 0]
-            lab = label(g > 128)
-            masks = np.stack([lab == k for k in range(1, lab.max() + 1)], -1) if lab.max() else \
-                np.zeros(g.shape + (0,), bool)
-            scores = np.array([g[masks[..., i]].mean() / 255 for i in range(masks.shape[-1])], np.float32)
-            out.append({"rois": masks_to_boxes(masks), "class_ids": np.ones(len(scores), np.int32),
-                        "scores": scores, "masks": masks})
-        return out
+        return blob_results(images)
 
 
 def png_bytes(blobs=(), shape=(80, 100)):
@@ -64,29 +54,9 @@ def png_bytes(blobs=(), shape=(80, 100)):
 
 def dicom_bytes(spacing=(0.5, 0.8), with_pixels=True):
     """A 64x64 16-bit MR slice: background 100, a 10x14 square at 1000; window 500/1000."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     px = np.full((64, 64), 100, np.uint16)
     px[20:30, 10:24] = 1000
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.Rows, ds.Columns = px.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelSpacing = [str(s) for s in spacing]
-    ds.WindowCenter, ds.WindowWidth = 500, 1000
-    if with_pixels:
-        ds.PixelData = px.astype("<u2").tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return make_dicom(px, spacing=spacing, window=(500, 1000), with_pixels=with_pixels)
 
 
 def v8(*files):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from braintumor.boxes import masks_to_boxes
+from braintumor.errors import BrainTumorError
 from braintumor.visualize import PALETTE, as_rgb_uint8, draw_overlay, instance_stats, side_by_side
 
 CLASS_NAMES = ["BG", "tumor"]
@@ -78,7 +79,7 @@ def test_no_detection_gives_the_image_back_and_grey_input_works():
     out = draw_overlay(g, _result([], []), CLASS_NAMES)
     assert out.shape == (50, 60, 3) and (out == 77).all()
     assert as_rgb_uint8(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(BrainTumorError):
         as_rgb_uint8(np.zeros((4, 5, 2)))
 
 

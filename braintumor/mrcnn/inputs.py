@@ -23,6 +23,7 @@ from PIL import Image
 
 from braintumor.boxes import masks_to_boxes, norm_boxes, denorm_boxes
 from braintumor.errors import BrainTumorError
+from braintumor.imageio import as_rgb_uint8
 from braintumor.mrcnn.anchors import get_anchors
 from braintumor.mrcnn.targets import build_rpn_targets
 
@@ -151,7 +152,7 @@ def mold_inputs(images, config):
     """
     molded, metas, infos = [], [], []
     for image in images:
-        image = _as_rgb(image)
+        image = as_rgb_uint8(image)
         m, info = resize_image(image, config)
         molded.append(mold_image(m, config))
         metas.append(compose_image_meta(0, image.shape, m.shape, info.window, info.scale, config.NUM_CLASSES))
@@ -162,21 +163,6 @@ def mold_inputs(images, config):
     return np.stack(molded), np.stack(metas), infos
 
 
-def _as_rgb(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise BrainTumorError(f"expected an image [H, W, 3], got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return image
-
-
 def load_image_gt(dataset, config, image_id, augmenter=None, rng=None, train=True):
     """Load, augment, resize one image and its instances.
 
@@ -184,7 +170,7 @@ def load_image_gt(dataset, config, image_id, augmenter=None, rng=None, train=Tru
     masks [h, w, N] bool)`` in the molded frame; instances whose mask vanished are dropped.
     """
     rng = rng if rng is not None else np.random.default_rng()
-    image = _as_rgb(dataset.load_image(image_id))
+    image = as_rgb_uint8(dataset.load_image(image_id))
     masks, class_ids = dataset.load_mask(image_id)
     masks = np.asarray(masks, bool).reshape(image.shape[0], image.shape[1], -1)
     class_ids = np.asarray(class_ids, np.int32).reshape(-1)
