@@ -62,10 +62,24 @@ def ensure_weights(logs: Path) -> None:
 
     if find_checkpoints(logs):
         return
+    from braintumor.paths import resolve_data_dir
+
+    data = resolve_data_dir(None)
+    if not data.is_absolute():
+        data = (Path.cwd() / data).resolve()
+    if not data.is_dir():
+        print(f"No checkpoint in {logs} and no dataset at {data}: downloading it first (braintumor fetch-data)...",
+              flush=True)
+        rc = subprocess.call([sys.executable, "-m", "braintumor", "fetch-data", "--dest", str(data.parent)],
+                             cwd=str(PROJECT_ROOT), env=app_environment(logs))
+        if rc != 0 or not data.is_dir():
+            raise BrainTumorError(f"{data}: no dataset to train a first checkpoint on; put brain_tumor_data there, "
+                                  f"set $BRAIN_TUMOR_DATA, or copy a checkpoint run folder into {logs}")
     preset = PRESETS_DIR / "quick.toml"
     print(f"No checkpoint in {logs}: training the quick preset first ({preset.name}, a few minutes on a CPU)...",
           flush=True)
-    cmd = [sys.executable, "-m", "braintumor", "train", "--config", str(preset), "--logs", str(logs)]
+    cmd = [sys.executable, "-m", "braintumor", "train", "--config", str(preset), "--logs", str(logs),
+           "--data", str(data)]
     rc = subprocess.call(cmd, cwd=str(PROJECT_ROOT), env=app_environment(logs))
     if rc != 0:
         raise BrainTumorError(f"training the quick preset failed (exit status {rc}); run: {' '.join(cmd[1:])}")

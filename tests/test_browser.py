@@ -126,10 +126,13 @@ def test_ensure_weights_trains_the_quick_preset_only_when_needed(tmp_path, monke
 
     monkeypatch.setattr(app_mod.subprocess, "call", call)
     logs = tmp_path / "logs"
+    data = tmp_path / "brain_tumor_data"
+    data.mkdir()
+    monkeypatch.setenv("BRAIN_TUMOR_DATA", str(data))
     app_mod.ensure_weights(logs)
     assert len(calls) == 1
     assert calls[0][1:5] == ["-m", "braintumor", "train", "--config"]
-    assert calls[0][5].endswith("quick.toml") and calls[0][6:] == ["--logs", str(logs)]
+    assert calls[0][5].endswith("quick.toml") and calls[0][6:] == ["--logs", str(logs), "--data", str(data)]
     assert "training the quick preset" in capsys.readouterr().out
     app_mod.ensure_weights(logs)
     assert len(calls) == 1, "a checkpoint exists now: no second training"
@@ -137,6 +140,19 @@ def test_ensure_weights_trains_the_quick_preset_only_when_needed(tmp_path, monke
     monkeypatch.setattr(app_mod.subprocess, "call", lambda cmd, cwd=None, env=None: 3)
     with pytest.raises(BrainTumorError, match="exit status 3"):
         app_mod.ensure_weights(logs)
+
+
+def test_ensure_weights_fetches_the_data_first_and_says_so_when_it_cannot(tmp_path, monkeypatch, capsys):
+    import braintumor.inference as inference
+
+    monkeypatch.setattr(inference, "find_checkpoints", lambda logs: [])
+    monkeypatch.setenv("BRAIN_TUMOR_DATA", str(tmp_path / "nowhere" / "brain_tumor_data"))
+    calls = []
+    monkeypatch.setattr(app_mod.subprocess, "call", lambda cmd, cwd=None, env=None: calls.append(cmd) or 2)
+    with pytest.raises(BrainTumorError, match="no dataset to train a first checkpoint on"):
+        app_mod.ensure_weights(tmp_path / "logs")
+    assert calls[0][1:4] == ["-m", "braintumor", "fetch-data"] and len(calls) == 1
+    assert "downloading it first" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- slow: the real thing
