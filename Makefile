@@ -1,5 +1,5 @@
 # braintumor: everything runs from a project-local virtualenv (.venv), made on first use.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
