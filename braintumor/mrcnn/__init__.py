@@ -4,6 +4,10 @@
 TensorFlow is imported on first use of this package.
 """
 
-from braintumor.mrcnn.model import MaskRCNN
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning logs (before its import)
+
+from braintumor.mrcnn.model import MaskRCNN  # noqa: E402
 
 __all__ = ["MaskRCNN"]
