@@ -69,7 +69,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "BACKBONE_STRIDES": ([4, 8, 16, 32, 64], "strides of the FPN levels P2..P6 in pixels"),
     "TOP_DOWN_PYRAMID_SIZE": (256, "channels of the FPN feature maps"),
     "FPN_CLASSIF_FC_LAYERS_SIZE": (1024, "width of the classifier head's two FC layers"),
-    "TRAIN_BN": (False, "train BatchNorm layers (False freezes them: batches are small)"),
+    "NORM": ("bn", "normalisation: bn (BatchNorm, Matterport's) or gn (GroupNorm, for training from scratch)"),
+    "TRAIN_BN": (False, "train BatchNorm layers (False freezes them: batches are small); gn always trains"),
     "POOL_SIZE": (7, "ROIAlign output size for the classifier head"),
     "MASK_POOL_SIZE": (14, "ROIAlign output size for the mask head"),
     "MASK_SHAPE": ([28, 28], "mask head output size (2 x MASK_POOL_SIZE)"),
@@ -109,6 +110,7 @@ COMMENTS: dict[str, str] = {k: c for k, (_, c) in _SETTINGS.items()}
 
 LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all")
 BACKBONES = ("resnet50", "resnet101")
+NORMS = ("bn", "gn")
 RESIZE_MODES = ("square", "pad64", "crop", "none")
 INIT_CHOICES = ("random", "imagenet", "coco", "last")
 
@@ -168,6 +170,8 @@ class Config:
             raise ConfigError(f"NAME must be letters, digits, '-' or '_', got {self.NAME!r}")
         if self.BACKBONE not in BACKBONES:
             raise ConfigError(f"BACKBONE must be one of {', '.join(BACKBONES)}, got {self.BACKBONE!r}")
+        if self.NORM not in NORMS:
+            raise ConfigError(f"NORM must be one of {', '.join(NORMS)}, got {self.NORM!r}")
         if self.LAYERS not in LAYER_GROUPS:
             raise ConfigError(f"LAYERS must be one of {', '.join(LAYER_GROUPS)}, got {self.LAYERS!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:

@@ -15,14 +15,23 @@ def test_every_setting_has_a_comment():
     assert all(len(c) > 10 for c in COMMENTS.values())
 
 
-def test_thesis_preset_matches_the_2022_run():
-    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101.toml")
+def test_2022_preset_matches_the_2022_run():
+    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101_2022.toml")
     assert c.BACKBONE == "resnet101"
     assert c.NUM_CLASSES == 2 and c.CLASS_NAMES == ["BG", "tumor"]
     assert (c.EPOCHS, c.STEPS_PER_EPOCH, c.LEARNING_RATE) == (15, 100, 0.001)
     assert c.DETECTION_MIN_CONFIDENCE == 0.85
+    assert (c.NORM, c.TRAIN_BN, c.WARMUP_STEPS, c.LR_DECAY) == ("bn", False, 0, "none")
+    assert c.RPN_ANCHOR_SCALES == [32, 64, 128, 256, 512]
     assert c.IMAGE_RESIZE_MODE == "square" and c.IMAGE_SHAPE == [512, 512, 3]
     assert c.BACKBONE_SHAPES[0] == [128, 128] and c.BACKBONE_SHAPES[-1] == [8, 8]
+
+
+def test_shipped_preset_keeps_the_thesis_shape_and_trains_from_scratch():
+    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101.toml")
+    assert (c.BACKBONE, c.EPOCHS, c.STEPS_PER_EPOCH, c.IMAGE_SHAPE) == ("resnet101", 15, 100, [512, 512, 3])
+    assert c.NORM == "gn" and c.LR_DECAY == "cosine" and c.WARMUP_STEPS > 0
+    assert max(c.RPN_ANCHOR_SCALES) <= 256 and 0 < c.TUMOR_FREE_FRACTION < 0.5
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS_DIR.glob("*.toml")))
@@ -52,6 +61,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
     ("NUM_CLASSES", 3, "CLASS_NAMES"),
     ("STEPS_PER_EPOCH", 0, "STEPS_PER_EPOCH"),
     ("LAYERS", "6+", "LAYERS"),
+    ("NORM", "layernorm", "NORM"),
     ("MASK_SHAPE", [14, 14], "MASK_SHAPE"),
     ("LEARNING_RATE", -1, "LEARNING_RATE"),
     ("SCHEDULE", [{"epochs": 2, "layers": "heads"}], "SCHEDULE"),

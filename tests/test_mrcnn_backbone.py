@@ -1,6 +1,7 @@
 """Backbone and FPN: Matterport's layer names, stage sizes and output strides."""
 
 import keras
+import numpy as np
 import pytest
 
 from braintumor.mrcnn.backbone import fpn, resnet
@@ -42,3 +43,27 @@ def test_fpn_names_and_levels():
     assert [tuple(p.shape[1:3]) for p in ps] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
     assert all(p.shape[-1] == 32 for p in ps)
     assert tuple(model.get_layer("fpn_c5p5").kernel.shape) == (1, 1, 2048, 32)
+
+
+def test_groupnorm_backbone_keeps_names_trains_and_starts_each_block_as_identity():
+    image = keras.Input((64, 64, 3))
+    outs = resnet(image, "resnet50", train_bn=False, norm="gn")
+    model = keras.Model(image, outs)
+    weighted = {l.name for l in model.layers if l.weights}
+    assert weighted == matterport_backbone_names(6)  # same names: checkpoints stay Matterport-shaped
+    norms = [l for l in model.layers if l.name.startswith("bn")]
+    assert norms and all(isinstance(l, keras.layers.GroupNormalization) and l.trainable for l in norms)
+    # the last norm of every residual branch starts at gamma 0: the branch adds nothing
+    for l in norms:
+        gamma = np.array(l.gamma)
+        if l.name.endswith("branch2c"):
+            assert not gamma.any(), l.name
+        else:
+            assert np.all(gamma == 1.0), l.name
+    # no batch statistics: training and inference compute the same thing, image by image
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    train_out = model(x, training=True)[-1]
+    infer_out = model(x, training=False)[-1]
+    single = model(x[:1], training=False)[-1]
+    np.testing.assert_allclose(np.array(train_out), np.array(infer_out), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(infer_out)[:1], np.array(single), rtol=1e-4, atol=1e-4)

@@ -13,19 +13,81 @@ FPN: ``fpn_c5p5``, ``fpn_c4p4``, ``fpn_c3p3``, ``fpn_c2p2`` (1x1 laterals),
 
 from __future__ import annotations
 
-from keras import layers
+import keras
+from keras import layers, ops
 
 STAGE4_BLOCKS = {"resnet50": 6, "resnet101": 23}
 
 
-def _bn(name, train_bn):
+GN_GROUPS = 32  # GroupNorm groups (Wu & He, 2018); every ResNet width is a multiple of 32
+
+
+class GroupNorm(layers.Layer):
+    """Group normalisation over ``[B, H, W, C]`` (``C`` divisible by ``groups``), weights ``gamma, beta`` ``[C]``.
+
+    Same result as ``keras.layers.GroupNormalization`` but computed from per-channel
+    spatial means of ``x`` and ``x**2`` (two reductions over ``H, W`` only), then one
+    fused multiply-add per element: on the CPU, Keras's 5-D reshape-and-reduce made a
+    ResNet-101 Mask R-CNN training step 7x slower (25 s against 3.5 s at 512 px).
+    """
+
+    def __init__(self, groups=GN_GROUPS, epsilon=1e-5, gamma_initializer="ones", **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        if c % self.groups:
+            raise ValueError(f"{self.name}: {c} channels do not split into {self.groups} groups")
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer=self.gamma_initializer)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros")
+
+    def call(self, x):
+        c = x.shape[-1]
+        g = self.groups
+        axes = list(range(1, len(x.shape) - 1))
+        mean_c = ops.mean(x, axis=axes)                                 # [B, C]
+        sq_c = ops.mean(ops.square(x), axis=axes)                       # [B, C]
+        mean_g = ops.mean(ops.reshape(mean_c, (-1, g, c // g)), axis=-1, keepdims=True)
+        sq_g = ops.mean(ops.reshape(sq_c, (-1, g, c // g)), axis=-1, keepdims=True)
+        var_g = ops.maximum(sq_g - ops.square(mean_g), 0.0)
+        inv = ops.reshape(ops.broadcast_to(ops.rsqrt(var_g + self.epsilon), (ops.shape(x)[0], g, c // g)), (-1, c))
+        mean = ops.reshape(ops.broadcast_to(mean_g, (ops.shape(x)[0], g, c // g)), (-1, c))
+        scale = inv * self.gamma                                        # [B, C]
+        shift = self.beta - mean * scale                                # [B, C]
+        bshape = (-1,) + (1,) * len(axes) + (c,)
+        return x * ops.reshape(scale, bshape) + ops.reshape(shift, bshape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon,
+                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer)}
+
+
+def norm_layer(name, train_bn, norm="bn", zero_gamma=False):
+    """The normalisation after a convolution, named ``name`` (Matterport's ``bn...`` names either way).
+
+    ``norm="bn"``: BatchNormalization (Matterport); frozen unless ``train_bn`` (frozen BN
+    runs on its moving statistics, which is what fine-tuning pretrained weights wants).
+    ``norm="gn"``: GroupNormalization with :data:`GN_GROUPS` groups, always trained: the
+    same computation in training and inference whatever the batch size, which is what
+    training from random initialisation at one image per step needs. ``zero_gamma``
+    starts its scale at 0 (used on the last norm of each residual branch, so every
+    block starts as the identity).
+    """
+    if norm == "gn":
+        return GroupNorm(GN_GROUPS, epsilon=1e-5, name=name, gamma_initializer="zeros" if zero_gamma else "ones")
     bn = layers.BatchNormalization(name=name, epsilon=1e-3, momentum=0.99)
     # frozen BN: trainable=False also makes Keras 3 use the moving statistics
     bn.trainable = bool(train_bn)
     return bn
 
 
-def _bottleneck(x, filters, stage, block, train_bn, strides=1, projection=False):
+def _bottleneck(x, filters, stage, block, train_bn, strides=1, projection=False, norm="bn"):
     """One bottleneck block: 1x1 -> 3x3 -> 1x1 (+ shortcut), ReLU.
 
     x: ``[B, H, W, C]`` -> ``[B, H / strides, W / strides, filters[2]]``.
@@ -34,30 +96,32 @@ def _bottleneck(x, filters, stage, block, train_bn, strides=1, projection=False)
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, use_bias=True, name=conv + "2a")(x)
-    y = _bn(bn + "2a", train_bn)(y)
+    y = norm_layer(bn + "2a", train_bn, norm)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f2, 3, padding="same", use_bias=True, name=conv + "2b")(y)
-    y = _bn(bn + "2b", train_bn)(y)
+    y = norm_layer(bn + "2b", train_bn, norm)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, use_bias=True, name=conv + "2c")(y)
-    y = _bn(bn + "2c", train_bn)(y)
+    y = norm_layer(bn + "2c", train_bn, norm, zero_gamma=True)(y)
     if projection:
         shortcut = layers.Conv2D(f3, 1, strides=strides, use_bias=True, name=conv + "1")(x)
-        shortcut = _bn(bn + "1", train_bn)(shortcut)
+        shortcut = norm_layer(bn + "1", train_bn, norm)(shortcut)
     else:
         shortcut = x
     y = layers.Add()([y, shortcut])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
-def resnet(image, architecture="resnet101", train_bn=False):
+def resnet(image, architecture="resnet101", train_bn=False, norm="bn"):
     """ResNet stages on ``image`` ``[B, H, W, 3]``: returns ``[C2, C3, C4, C5]``
-    with strides 4, 8, 16, 32 and 256, 512, 1024, 2048 channels."""
+    with strides 4, 8, 16, 32 and 256, 512, 1024, 2048 channels.
+
+    norm: ``bn`` or ``gn``, see :func:`norm_layer`."""
     if architecture not in STAGE4_BLOCKS:
         raise ValueError(f"unknown backbone {architecture!r}")
     x = layers.ZeroPadding2D(3)(image)
     x = layers.Conv2D(64, 7, strides=2, use_bias=True, name="conv1")(x)
-    x = _bn("bn_conv1", train_bn)(x)
+    x = norm_layer("bn_conv1", train_bn, norm)(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     outputs = []
@@ -66,7 +130,7 @@ def resnet(image, architecture="resnet101", train_bn=False):
                                             (5, (512, 512, 2048), 3, 2)):
         for i in range(blocks):
             x = _bottleneck(x, filters, stage, chr(ord("a") + i), train_bn,
-                            strides=strides if i == 0 else 1, projection=(i == 0))
+                            strides=strides if i == 0 else 1, projection=(i == 0), norm=norm)
         outputs.append(x)
     return outputs
 
@@ -90,6 +154,6 @@ def fpn(c2, c3, c4, c5, size=256):
 
 def backbone_and_fpn(image, config):
     """``image`` ``[B, H, W, 3]`` -> ``[P2, P3, P4, P5, P6]`` for ``config``."""
-    _, c2, c3, c4, c5 = [None] + resnet(image, config.BACKBONE, config.TRAIN_BN)
+    _, c2, c3, c4, c5 = [None] + resnet(image, config.BACKBONE, config.TRAIN_BN, config.NORM)
     return fpn(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
 
