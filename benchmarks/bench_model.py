@@ -105,13 +105,31 @@ def _tf_setup():
     sys.path.insert(0, str(ROOT))
 
 
+OVERRIDES: dict = {}  # --set KEY=VALUE settings for the ours-* rows (parsed as TOML values)
+
+
+def _parse_overrides(pairs) -> dict:
+    import tomllib
+
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set needs KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # a bare word: a string (NORM=gn)
+    return out
+
+
 def _ours_config(backbone: str, size: int):
     from braintumor.config import Config
 
     # DETECTION_MIN_CONFIDENCE 0: with random weights every call keeps DETECTION_MAX_INSTANCES (20)
     # detections, so both models do the full mask unmolding work (torchvision likewise below)
     return Config({"BACKBONE": backbone, "IMAGE_MAX_DIM": size, "IMAGE_MIN_DIM": size,
-                   "IMAGES_PER_GPU": 1, "GPU_COUNT": 1, "DETECTION_MIN_CONFIDENCE": 0.0})
+                   "IMAGES_PER_GPU": 1, "GPU_COUNT": 1, "DETECTION_MIN_CONFIDENCE": 0.0, **OVERRIDES})
 
 
 def ours_detect(backbone: str, size: int, runs: int, warmup: int) -> dict:
@@ -315,6 +333,7 @@ def run_child(name: str, args) -> dict:
         out, log = Path(tmp) / "out.json", Path(tmp) / "log.txt"
         cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--size", str(args.size),
                "--runs", str(runs), "--warmup", str(warmup), "--worker-out", str(out)]
+        cmd += [a for pair in (args.set or ()) for a in ("--set", pair)]
         t = time.perf_counter()
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -418,9 +437,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="skip the torchvision rows (no .venv-bench)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write results.json / README.md")
     p.add_argument("--out-dir", type=Path, default=HERE, help="where results.json and README.md go")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config setting for the ours-* rows, e.g. --set NORM=gn --set TRAIN_BN=true (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    OVERRIDES.update(_parse_overrides(args.set))
 
     if args.worker:
         _, fn, backbone, _ = BENCHES[args.worker]
@@ -453,7 +475,7 @@ def main(argv=None) -> int:
     if args.no_write:
         return 0 if all("error" not in r for r in results.values()) else 1
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    settings = {"size": args.size, "runs": args.runs, "warmup": args.warmup, "train_runs": args.train_runs,
+    settings = {"overrides": OVERRIDES, "size": args.size, "runs": args.runs, "warmup": args.warmup, "train_runs": args.train_runs,
                 "train_warmup": args.train_warmup, "benchmarks": names}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out_dir / "results.json", json.dumps(
@@ -462,6 +484,7 @@ def main(argv=None) -> int:
                f"load average at start {' / '.join(info.get('loadavg_at_start', []))}); Python {info.get('python')}, "
                f"TensorFlow {info.get('tensorflow', '?')}, Keras {info.get('keras', '?')}"
                + (f", torch {info['torch']}, torchvision {info['torchvision']}" if "torch" in info else "")
+               + (f". Settings changed for our rows: {OVERRIDES}" if OVERRIDES else "")
                + f". Image {args.size}x{args.size}, {args.runs} timed calls after {args.warmup} warm-up "
                f"({args.train_runs} / {args.train_warmup} for train steps).")
     update_readme(args.out_dir / "README.md", machine + "\n\n" + table)

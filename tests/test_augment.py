@@ -27,9 +27,12 @@ def _iou(a, b):
 
 def test_empty_spec_gives_none_and_preset_builds():
     assert build_augmentation({}) is None and build_augmentation(None) is None
-    spec = load_config(Path(__file__).parent.parent / "mrcnn_config" / "resnet101.toml").AUGMENTATION
-    aug = build_augmentation(spec)
+    presets = Path(__file__).parent.parent / "mrcnn_config"
+    aug = build_augmentation(load_config(presets / "resnet101_2022.toml").AUGMENTATION)
     assert [type(t).__name__ for t in aug.transforms] == ["HorizontalFlip", "Affine", "RandomBrightnessContrast"]
+    aug = build_augmentation(load_config(presets / "resnet101.toml").AUGMENTATION)
+    assert [type(t).__name__ for t in aug.transforms] == ["HorizontalFlip", "Affine", "RandomBrightnessContrast",
+                                                          "RandomGamma", "GaussNoise", "Downscale"]
 
 
 @pytest.mark.parametrize("spec,needle", [

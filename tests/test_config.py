@@ -89,7 +89,7 @@ def test_toml_round_trip(tmp_path):
     d = Config.from_toml(p)
     assert d.to_dict() == c.to_dict()
     assert d.schedule() == [{"epochs": 1, "layers": "heads", "learning_rate": 0.01},
-                            {"epochs": 2, "layers": "all", "learning_rate": 0.001}]
+                            {"epochs": 2, "layers": "all", "learning_rate": c.LEARNING_RATE}]
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -79,3 +79,51 @@ def test_mask_head_on_valid_rows_only_matches_full_run():
     assert got.shape == (2, 3, 28, 28, 2)
     np.testing.assert_allclose(got[0, [0, 2]], want[0, [0, 2]], atol=1e-5)
     assert np.all(got[0, 1] == 0) and np.all(got[1] == 0)
+
+
+def test_whole_window_conv_computes_the_valid_conv_with_the_same_weights():
+    import keras
+
+    from braintumor.mrcnn.heads import WholeWindowConv
+
+    x = np.random.default_rng(1).normal(size=(5, 7, 7, 6)).astype("float32")
+    conv = keras.layers.Conv2D(4, 7, padding="valid")
+    ref = np.array(conv(x))
+    ours = WholeWindowConv(4, 7)
+    ours.build(x.shape)
+    assert [tuple(w.shape) for w in ours.weights] == [tuple(w.shape) for w in conv.weights]
+    assert [w.name for w in ours.weights] == [w.name for w in conv.weights] == ["kernel", "bias"]
+    ours.set_weights(conv.get_weights())
+    out = np.array(ours(x))
+    assert out.shape == (5, 1, 1, 4)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_groupnorm_heads_have_no_batch_statistics():
+    import keras
+
+    from braintumor.mrcnn.backbone import GroupNorm
+
+    m = build_inference_model(tiny_config(NORM="gn"))
+    for name in ("mrcnn_class_bn1", "mrcnn_class_bn2", "mrcnn_mask_bn1", "mrcnn_mask_bn4", "bn_conv1", "bn2a_branch2c"):
+        layer = m.get_layer(name)
+        assert isinstance(layer, GroupNorm) and [w.name for w in layer.weights] == ["gamma", "beta"], name
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
+
+
+def test_groupnorm_matches_the_definition():
+    from braintumor.mrcnn.backbone import GroupNorm
+
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(2, 5, 3, 64)) * 3 + 1).astype("float32")
+    gn = GroupNorm(groups=32, epsilon=1e-5)
+    gn.build(x.shape)
+    gamma, beta = rng.normal(size=64).astype("float32"), rng.normal(size=64).astype("float32")
+    gn.set_weights([gamma, beta])
+    g = x.reshape(2, 5, 3, 32, 2)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    ref = ((g - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * gamma + beta
+    np.testing.assert_allclose(np.array(gn(x)), ref, rtol=1e-4, atol=1e-4)
+    # one image at a time gives the same as the batch (no batch statistics)
+    np.testing.assert_allclose(np.array(gn(x[1:])), ref[1:], rtol=1e-4, atol=1e-4)

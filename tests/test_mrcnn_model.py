@@ -181,3 +181,15 @@ def test_warmup_cosine_schedule():
     assert lr[4] < 1e-3 and lr[5] == pytest.approx(0.0, abs=1e-9)
     resumed = WarmupCosine(0.1, offset=50, warmup=10, total=100, cosine=True)
     assert float(resumed(0)) == pytest.approx(0.05, rel=1e-5)  # continues the run's curve
+
+
+def test_groupnorm_trains_with_its_layer_group_whatever_train_bn(tmp_path):
+    m = MaskRCNN("training", tiny_config(NORM="gn", TRAIN_BN=False), tmp_path)
+    km = m.keras_model
+    m.set_trainable("all")
+    assert km.get_layer("bn_conv1").trainable and km.get_layer("mrcnn_mask_bn1").trainable
+    m.set_trainable("heads")
+    assert not km.get_layer("bn_conv1").trainable and not km.get_layer("bn4a_branch2a").trainable
+    assert km.get_layer("mrcnn_class_bn1").trainable
+    m.set_trainable("4+")
+    assert km.get_layer("bn4a_branch2a").trainable and not km.get_layer("bn3a_branch2a").trainable

@@ -586,3 +586,28 @@ def test_long_name_lists_are_split_into_numbered_attributes_like_keras2(tmp_path
     assert W.load_weights_h5(dst, path).complete
     for a, b in zip(src.weights, dst.weights):
         assert np.array_equal(np.array(a.numpy()), np.array(b.numpy()))
+
+
+def test_groupnorm_model_checkpoint_round_trip_and_bn_file_mismatch_is_reported(tmp_path):
+    from braintumor.mrcnn.model import build_inference_model
+    from mrcnn_testutil import tiny_config
+
+    src = build_inference_model(tiny_config(NORM="gn"))
+    randomize(src, 5)
+    path = tmp_path / "gn.h5"
+    W.save_weights_h5(src, path, epoch=1)
+    keras.utils.set_random_seed(3)
+    dst = build_inference_model(tiny_config(NORM="gn"))
+    report = W.load_weights_h5(dst, path)
+    assert report.complete and report.unused_in_file == []
+    for a, b in zip(src.weights, dst.weights):
+        assert np.array_equal(np.array(a.numpy()), np.array(b.numpy())), a.path
+    # a BatchNorm checkpoint (4 arrays per norm layer) into a GroupNorm model: reported, never half-loaded
+    bn_path = tmp_path / "bn.h5"
+    bn_model = build_inference_model(tiny_config())
+    W.save_weights_h5(bn_model, bn_path)
+    before = layer_values(dst, "bn_conv1")
+    report = W.load_weights_h5(dst, bn_path)
+    assert not report.complete and "bn_conv1" in [c[0] for c in report.count_mismatched]
+    assert all(np.array_equal(x, y) for x, y in zip(before, layer_values(dst, "bn_conv1")))
+    assert np.array_equal(layer_values(dst, "fpn_p2")[0], layer_values(bn_model, "fpn_p2")[0])

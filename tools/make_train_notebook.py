@@ -160,8 +160,10 @@ cells = [
        "This notebook is the training chapter of the project: the annotated MR images, the model's settings, "
        "a training run with its loss curves, and an honest evaluation on the validation split.\n\n"
        "The model is Mask R-CNN (He et al., 2017) with a ResNet-101 + FPN backbone, written for TensorFlow 2 / "
-       "Keras 3 in `braintumor/mrcnn/`. The 2022 thesis fine-tuned COCO weights for 15 epochs x 100 steps; "
-       "the same schedule is the `resnet101` preset here. Every cell calls the `braintumor` package: the "
+       "Keras 3 in `braintumor/mrcnn/`. The 2022 thesis fine-tuned COCO weights for 15 epochs x 100 steps "
+       "(preset `resnet101_2022`). No pretrained weights are needed here: the `resnet101` preset keeps that "
+       "schedule and is set up to train from random initialisation (GroupNorm, anchors sized to the tumors, "
+       "learning-rate warm-up and cosine decay, tumor-free scans as negatives). Every cell calls the `braintumor` package: the "
        "logic lives there, with its tests."),
     md("## 1. Setup\n\nIn a source checkout nothing is installed. On a fresh **Colab** runtime this cell clones the "
        "project, installs what Colab lacks from `requirements.txt` (Colab's TensorFlow, Keras and NumPy stay as they "
