@@ -18,8 +18,10 @@ the epoch in progress, never a checkpoint (they are written to a temp file and r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -368,10 +370,36 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     return run_dir
 
 
+@contextlib.contextmanager
+def stop_signals_save():
+    """While training from the command line, SIGTERM (``kill PID``, a scheduler's stop) and
+    SIGINT act like Ctrl-C: the epoch in progress is saved and the run ends cleanly.
+
+    SIGINT is handled even when the process started with it ignored (``nohup cmd &`` in a
+    non-interactive shell does that). The previous handlers are restored on exit.
+    """
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.getsignal(s) for s in wanted}
+    try:
+        for s in wanted:
+            signal.signal(s, stop)
+    except ValueError:  # not the main thread: leave the handlers alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def cli_train(args) -> int:
     config = build_config(args)
     data_dir = resolve_data_dir(args.data)
     if not data_dir.is_dir():
         raise BrainTumorError(f"{data_dir}: dataset folder not found (run: braintumor fetch-data, or pass --data)")
-    run_training(config, data_dir, Path(args.logs))
+    with stop_signals_save():
+        run_training(config, data_dir, Path(args.logs))
     return 0

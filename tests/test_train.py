@@ -189,3 +189,22 @@ def test_two_device_mirrored_training_on_cpu(tiny_preset, tiny_data, tmp_path):
     loss = float(out.stdout.split("ROW ")[1].split()[0])
     assert np.isfinite(loss)
     assert "CKPT True" in out.stdout
+
+
+def test_sigterm_and_an_inherited_ignored_sigint_act_like_ctrl_c():
+    import os
+    import signal
+
+    from braintumor.train import stop_signals_save
+
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as after `nohup cmd &`
+    before_term = signal.getsignal(signal.SIGTERM)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with pytest.raises(KeyboardInterrupt):
+                with stop_signals_save():
+                    os.kill(os.getpid(), sig)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored
+        assert signal.getsignal(signal.SIGTERM) == before_term
+    finally:
+        signal.signal(signal.SIGINT, before_int)
