@@ -114,11 +114,7 @@ class WholeWindowConv(keras.layers.Layer):
 
 
 def _bn(name, config):
-    if config.NORM == "gn":
-        return norm_layer(name, True, "gn")
-    bn = layers.BatchNormalization(name=name)
-    bn.trainable = bool(config.TRAIN_BN)
-    return bn
+    return norm_layer(name, config.TRAIN_BN, config.NORM)
 
 
 def classifier_head(rois, meta, feature_maps, config, num_rois):
