@@ -50,3 +50,30 @@ def test_detection_refines_with_class_deltas_and_clips_to_window():
     np.testing.assert_allclose(win, [0, 0, 31 / 63, 1], atol=1e-6)
     np.testing.assert_allclose(det[0, :4], [0.0, 0.1, 31 / 63, 0.3], atol=1e-6)  # y -0.2..0.6 clipped to the window
     assert np.all(det[1] == 0)
+
+
+def test_one_class_model_returns_tumors_below_one_half():
+    """BG + tumor: a tumor probability of 0.3 loses the argmax to background, yet it is
+    a candidate at a 0.2 floor (so thresholds below 0.5 exist); 0.15 is dropped."""
+    rois = np.array([[[0.1, 0.1, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9]]], np.float32)
+    probs = np.array([[[0.7, 0.3], [0.85, 0.15]]], np.float32)
+    deltas = np.zeros((1, 2, 2, 4), np.float32)
+    det = ops.convert_to_numpy(DetectionLayer(3, 0.2, 0.3, [0.1, 0.1, 0.2, 0.2])([rois, probs, deltas,
+                                                                                    _meta((0, 0, 64, 64))]))[0]
+    np.testing.assert_allclose(det[0], [0.1, 0.1, 0.4, 0.4, 1, 0.3], atol=1e-6)
+    assert np.all(det[1:] == 0)
+    above_half = ops.convert_to_numpy(DetectionLayer(3, 0.5, 0.3, [0.1, 0.1, 0.2, 0.2])(
+        [rois, probs, deltas, _meta((0, 0, 64, 64))]))[0]
+    assert np.all(above_half == 0)
+
+
+def test_one_roi_can_give_one_detection_per_class_each_with_its_own_deltas():
+    rois = np.array([[[0.2, 0.2, 0.4, 0.4]]], np.float32)
+    probs = np.array([[[0.2, 0.45, 0.35]]], np.float32)
+    deltas = np.zeros((1, 1, 3, 4), np.float32)
+    deltas[0, 0, 2] = [1.0, 0.0, 0.0, 0.0]  # class 2 moves down by 0.1 * 0.2 = 0.02
+    det = ops.convert_to_numpy(DetectionLayer(4, 0.3, 0.3, [0.1, 0.1, 0.2, 0.2])([rois, probs, deltas,
+                                                                                    _meta((0, 0, 64, 64))]))[0]
+    np.testing.assert_allclose(det[0], [0.2, 0.2, 0.4, 0.4, 1, 0.45], atol=1e-6)
+    np.testing.assert_allclose(det[1], [0.22, 0.2, 0.42, 0.4, 2, 0.35], atol=1e-6)
+    assert np.all(det[2:] == 0)

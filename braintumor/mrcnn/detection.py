@@ -1,10 +1,17 @@
 """Detection layer: classified, refined ROIs -> final detections (inference).
 
-Per ROI: best class and its score, that class's deltas (times ``BBOX_STD_DEV``)
-applied to the ROI, boxes clipped to the image window (the molded image
-without its padding). Background ROIs and scores below
+Every (ROI, foreground class) pair is a candidate, scored by that class's
+probability, as torchvision's ``RoIHeads.postprocess_detections`` does (Matterport
+keeps only each ROI's most likely class instead). That class's deltas (times
+``BBOX_STD_DEV``) are applied to the ROI and the box is clipped to the image
+window (the molded image without its padding). Candidates scoring below
 ``DETECTION_MIN_CONFIDENCE`` are dropped, NMS runs per class
 (``DETECTION_NMS_THRESHOLD``), the ``DETECTION_MAX_INSTANCES`` best remain.
+
+Why per class: with one foreground class the most-likely-class rule can never
+return a tumor scoring below 0.5 (background wins), so no operating point below
+0.5 could be chosen. Above 0.5 both rules give the same detections for a
+two-class model.
 """
 
 from __future__ import annotations
@@ -41,14 +48,19 @@ class DetectionLayer(keras.layers.Layer):
 
     def call(self, inputs):
         rois, probs, deltas, meta = inputs
-        class_ids = ops.cast(ops.argmax(probs, axis=-1), "int32")  # [B, N]
-        scores = ops.max(probs, axis=-1)
-        d = ops.take_along_axis(deltas, class_ids[:, :, None, None], axis=2)[:, :, 0, :]
-        boxes = box_coder.decode(rois, d, self.bbox_std_dev)
-        boxes = box_coder.clip(boxes, window_from_meta(meta)[:, None, :])
-        roi_valid = box_coder.area(rois) > 0
-        keep = ops.logical_and(ops.logical_and(class_ids > 0, scores >= self.min_confidence), roi_valid)
-        keep = ops.logical_and(keep, box_coder.area(boxes) > 0)
+        n_rois = ops.shape(rois)[1]
+        n_fg = ops.shape(probs)[2] - 1
+        # candidates [B, N * (C - 1)], ROI-major: (roi 0, class 1), (roi 0, class 2), ...
+        scores = ops.reshape(probs[:, :, 1:], (-1, n_rois * n_fg))
+        class_ids = ops.broadcast_to(ops.arange(1, n_fg + 1, dtype="int32")[None, None, :], ops.shape(probs[:, :, 1:]))
+        class_ids = ops.reshape(class_ids, (-1, n_rois * n_fg))
+        rois_c = ops.broadcast_to(rois[:, :, None, :], ops.shape(deltas[:, :, 1:, :]))
+        boxes = box_coder.decode(rois_c, deltas[:, :, 1:, :], self.bbox_std_dev)
+        boxes = box_coder.clip(boxes, window_from_meta(meta)[:, None, None, :])
+        roi_valid = ops.broadcast_to((box_coder.area(rois) > 0)[:, :, None], ops.shape(probs[:, :, 1:]))
+        keep = ops.logical_and(roi_valid, box_coder.area(boxes) > 0)
+        boxes = ops.reshape(boxes, (-1, n_rois * n_fg, 4))
+        keep = ops.logical_and(ops.reshape(keep, (-1, n_rois * n_fg)), scores >= self.min_confidence)
         nms_scores = ops.where(keep, scores, -1.0)
         # per-class NMS in one pass: shift each class to its own region of the plane
         offset = ops.cast(class_ids, "float32")[:, :, None] * 2.0
