@@ -39,6 +39,44 @@ GALLERY_SIZE = 6
 
 
 # --------------------------------------------------------------------------- running the model
+def degrade_resolution(image: np.ndarray, source_size: int) -> np.ndarray:
+    """``image`` uint8 ``[H, W, C]`` as a scan whose longer side had ``source_size`` pixels.
+
+    Shrunk (box filter, i.e. area average) until the longer side is
+    ``source_size``, then enlarged back to ``H × W`` (bilinear, as the model's own
+    resize does), so ground-truth masks still fit. Images already that small are
+    returned unchanged.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if max(h, w) <= source_size:
+        return image
+    k = source_size / max(h, w)
+    small = (max(1, round(w * k)), max(1, round(h * k)))
+    pil = Image.fromarray(image)
+    return np.asarray(pil.resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.BILINEAR))
+
+
+class SourceSizePredictor:
+    """Wraps a predictor; every image is passed through :func:`degrade_resolution` first.
+
+    The shortcut probe of ``braintumor evaluate --source-size``: the tumor-free
+    Br35H slices are ≈ 225 px, val's tumor scans 512 px, so a model that learned
+    "blurry means no tumor" loses sensitivity when val is shown at 225 px.
+    """
+
+    def __init__(self, predictor, source_size: int):
+        self.inner = predictor
+        self.source_size = int(source_size)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def detect(self, images):
+        return self.inner.detect([degrade_resolution(im, self.source_size) for im in images])
+
+
 def collect_records(predictor, dataset, progress: bool = True, label: str = "") -> tuple[list[M.ImageRecord], list[float]]:
     """Run ``predictor.detect`` on every image of ``dataset``, one at a time.
 
@@ -203,6 +241,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
     t = results["threshold"]
     d = results["dataset"]
     speed = results.get("speed", {})
+    source = [("images shrunk to (longer side)", f"{d['source_size']} px and back")] if d.get("source_size") else []
     if results.get("kind") == "folder":
         rows = [("images", _fmt(d["n_images"])), ("confidence threshold", _fmt(t, 2)),
                 ("images with a detection", f"{results['n_flagged']} ({results['flagged_fraction']:.1%})"),
@@ -234,6 +273,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"operating point (sensitivity >= {op['min_sensitivity']:.2f})",
                          f"threshold {op['threshold']:.3f}: sensitivity {_fmt(op['sensitivity'])}, "
                          f"specificity {_fmt(op['specificity'])}" + ("" if op["reachable"] else " (not reachable)")))
+    rows += source
     if speed:
         rows.append(("speed", f"{_fmt(speed.get('images_per_second'), 2)} images/s"))
     return rows
@@ -485,18 +525,26 @@ def cli_evaluate(args) -> int:
     threshold = float(threshold)
     if threshold < floor:
         print(f"warning: threshold {threshold} is below the evaluation score floor {floor}", file=sys.stderr)
+    source_size = getattr(args, "source_size", None)
+    if source_size is not None:
+        if source_size < 16:
+            raise BrainTumorError(f"--source-size must be at least 16 pixels, got {source_size}")
+        predictor = SourceSizePredictor(predictor, source_size)
     if args.out:
         out_dir = Path(args.out)
     else:
-        out_dir = Path(predictor.weights_path).parent / f"eval_{label}"
+        out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else ""))
 
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
-          + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}", flush=True)
+          + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
+          + (f", every image shrunk to {source_size} px and back" if source_size else ""), flush=True)
     if args.images:
         results = evaluate_folder(predictor, dataset, threshold, label=label)
     else:
         results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label)
     results["weights"] = str(predictor.weights_path)
+    if source_size is not None:
+        results["dataset"]["source_size"] = int(source_size)
     written = write_report(results, None, out_dir)
     print(format_summary(results))
     print(f"metrics: {written['metrics.json']}")

@@ -293,6 +293,36 @@ def test_cli_evaluate_bad_input_is_one_line(fake_stack, capsys):
     assert err[0].startswith("error: --min-confidence") and err[1] == f"error: {tmp / 'nope'}: not a folder"
 
 
+def test_degrade_resolution_blurs_fine_detail_keeps_size_and_leaves_small_images():
+    checker = np.zeros((64, 48, 3), np.uint8)
+    checker[::2, ::2] = checker[1::2, 1::2] = 200  # 1-pixel checkerboard, mean 100
+    out = E.degrade_resolution(checker, 16)
+    assert out.shape == checker.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - 100).max() <= 2  # the pattern is gone, its mean kept
+    block = np.zeros((64, 48, 3), np.uint8)
+    block[:32] = 200  # detail coarser than the source size survives
+    assert np.abs(E.degrade_resolution(block, 16).astype(int) - block).mean() < 10
+    assert E.degrade_resolution(checker, 64) is checker  # already that small
+
+
+def test_cli_evaluate_source_size_wraps_the_predictor_and_says_so(fake_stack, monkeypatch, capsys):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    sizes = []
+    real = E.degrade_resolution
+    monkeypatch.setattr(E, "degrade_resolution", lambda im, n: sizes.append(n) or real(im, n))
+    rc = main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--tumor-free", str(tmp / "free"),
+               "--source-size", "64"])
+    assert rc == 0
+    assert sizes == [64] * 7  # 3 val + 4 tumor-free images, every one through the probe
+    m = json.loads((run / "eval_val_at64px" / "metrics.json").read_text())
+    assert m["dataset"]["source_size"] == 64
+    check_numbers(m)  # 64 px images are not shrunk, so the numbers are unchanged
+    assert "images shrunk to (longer side)" in capsys.readouterr().out
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--source-size", "3"]) == 2
+
+
 # --------------------------------------------------------------------------- real data
 class GroundTruthPredictor:
     """Returns each image's own ground truth as detections with score 1, in dataset order.
