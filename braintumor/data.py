@@ -201,6 +201,15 @@ class Dataset:
             masks[:, :, k] = rasterise(s, h, w)
         return masks, np.array([s.class_id for s in shapes], dtype=np.int32)
 
+    def head(self, n: int | None) -> "Dataset":
+        """The first ``n`` images as a new Dataset (same classes, source, format and problems); all when ``n`` is None."""
+        out = Dataset(self.class_names, source=self.source, format=self.format)
+        for info in self.image_info[:n]:
+            extra = {k: v for k, v in info.items() if k not in ("id", "path", "name", "height", "width", "shapes")}
+            out.add_image(info["path"], info["height"], info["width"], info["shapes"], **extra)
+        out.problems = list(self.problems)
+        return out
+
     def __repr__(self) -> str:
         n = sum(len(i["shapes"]) for i in self.image_info)
         return f"Dataset({self.source}, {len(self)} images, {n} instances, {len(self.problems)} problems)"

@@ -265,3 +265,17 @@ def test_image_folder_has_no_instances(tmp_path):
         load_image_folder(empty)
     with pytest.raises(BrainTumorError, match="no such folder"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_head_keeps_the_first_images_with_their_masks_and_problems(tmp_path):
+    sq = _region({"name": "rect", "x": 10, "y": 20, "width": 30, "height": 40})
+    root = _split(tmp_path, {"a.jpg": [sq], "b.jpg": [sq, sq], "c.jpg": []})
+    ds = load_split(root, "train")
+    ds.add_problem("x.jpg: unreadable", "error", "unreadable image")
+    two = ds.head(2)
+    assert [i["name"] for i in two.image_info] == ["a.jpg", "b.jpg"] and len(ds) == 3
+    for i in two.image_ids:
+        np.testing.assert_array_equal(two.load_mask(i)[0], ds.load_mask(i)[0])
+        np.testing.assert_array_equal(two.load_image(i), ds.load_image(i))
+    assert two.problems == ds.problems and two.class_names == ds.class_names and two.source == ds.source
+    assert len(ds.head(None)) == 3 and len(ds.head(0)) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def test_notebooks_are_committed_without_outputs(name):
 
 
 @pytest.mark.slow
-def test_training_notebook_runs_end_to_end(real_data_dir, tmp_path, monkeypatch):
+def test_training_notebook_runs_end_to_end(real_data_dir, tumor_free_dir, tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     monkeypatch.setenv("BT_PRESET", "quick")
     monkeypatch.setenv("BT_EPOCHS", "1")
@@ -32,11 +33,15 @@ def test_training_notebook_runs_end_to_end(real_data_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("BT_EVAL_LIMIT", "3")
     monkeypatch.setenv("BT_LOGS", str(logs))
     monkeypatch.setenv("BRAIN_TUMOR_DATA", str(real_data_dir))
+    monkeypatch.setenv("BT_TUMOR_FREE", str(tumor_free_dir))
     nb = nbformat.read(ROOT / "notebooks" / "01_train.ipynb", as_version=4)
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     (run,) = [d for d in logs.iterdir() if d.is_dir()]
     assert (run / "mask_rcnn_quick_0001.h5").is_file()
-    assert (run / "eval_val" / "metrics.json").is_file()
+    metrics = json.loads((run / "eval_val" / "metrics.json").read_text())
+    assert metrics["dataset"]["n_extra_tumor_free_images"] == 3  # held-out slices, EVAL_LIMIT of them
+    assert metrics["curves"]["threshold"] is not None and (run / "eval_val" / "threshold_curves.png").is_file()
+    assert "TUMOR_FREE_DIRS" in (run / "config.toml").read_text() and str(tumor_free_dir) in (run / "config.toml").read_text()
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                  if "image/png" in o.get("data", {}))
     assert images >= 3  # data figure, loss curves, evaluation figures
