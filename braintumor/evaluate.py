@@ -156,7 +156,9 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         res["tumor_free"] = {
             "n_images": len(free_records), "n_flagged": len(flagged),
             "fp_per_image": M.safe_ratio(sum(int(r.kept(t).sum()) for r in free_records), len(free_records)),
-            "flagged": [r.name for r in flagged]}
+            "flagged": [r.name for r in flagged],
+            "per_image": [{"name": r.name, "n_det": int(r.kept(t).sum()), "max_score": round(r.max_score, 4)}
+                          for r in free_records]}
     if have_curves:
         tumor_max = [r.max_score for r in tumor]
         free_max = [r.max_score for r in free]

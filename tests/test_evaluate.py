@@ -107,6 +107,8 @@ def check_numbers(m):
     assert img["specificity"] == pytest.approx(0.75)
     assert img["tumor_free_fp_per_image"] == pytest.approx(0.25)
     assert m["tumor_free"]["flagged"] == ["f0.jpg"]
+    assert [(r["name"], r["n_det"], r["max_score"]) for r in m["tumor_free"]["per_image"]] == [
+        ("f0.jpg", 1, 0.6), ("f1.jpg", 0, 0.2), ("f2.jpg", 0, 0.0), ("f3.jpg", 0, 0.0)]
     op = m["operating_point"]
     assert op["threshold"] == pytest.approx(0.3) and op["sensitivity"] == 1.0 and op["specificity"] == 0.75
     rows = {r["name"]: r for r in m["per_image"]}
