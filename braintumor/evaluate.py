@@ -49,13 +49,12 @@ def degrade_resolution(image: np.ndarray, source_size: int) -> np.ndarray:
     """
     from PIL import Image
 
+    from braintumor.imageio import shrink_to
+
     h, w = image.shape[:2]
     if max(h, w) <= source_size:
         return image
-    k = source_size / max(h, w)
-    small = (max(1, round(w * k)), max(1, round(h * k)))
-    pil = Image.fromarray(image)
-    return np.asarray(pil.resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(shrink_to(image, source_size)).resize((w, h), Image.Resampling.BILINEAR))
 
 
 class SourceSizePredictor:

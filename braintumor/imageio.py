@@ -313,3 +313,13 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     return np.array(img, copy=True)
+
+
+def shrink_to(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` ``[H, W, C]`` uint8 shrunk (box filter, i.e. area average) so its longer side is at most ``max_side``."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))

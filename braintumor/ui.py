@@ -177,12 +177,9 @@ def _default_threshold(ckpt: str | os.PathLike, config: str | os.PathLike | None
 
 def _fit(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``image`` shrunk (area-averaged) so that its longer side is at most ``max_side`` pixels."""
-    h, w = image.shape[:2]
-    if max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    from braintumor.imageio import shrink_to
+
+    return shrink_to(image, max_side)
 
 
 def _data_uri(data: bytes, mime: str) -> str:
