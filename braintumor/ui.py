@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 
 import ipywidgets as W
 import numpy as np
-from PIL import Image
 
 from braintumor.detect import (Analysis, analyse_result, encode_png, predictor_class_names, read_input,
                                report_json, safe_stem)
