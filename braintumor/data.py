@@ -143,6 +143,8 @@ class Dataset:
         self.problems: list[Problem] = []
         self.source = Path(source) if source is not None else None
         self.format = format
+        # training passes draw this many of the images marked tumor_free (None: every image, every pass)
+        self.free_per_pass: int | None = None
 
     # --- construction -------------------------------------------------------
     def add_image(self, path: str | Path, height: int, width: int, shapes: list[Shape] | None = None,

@@ -87,27 +87,39 @@ def stage_plan(config: Config, start_epoch: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------- data
 def mix_tumor_free(tumor: Any, free: Any, fraction: float, seed: int) -> Any:
-    """A dataset of ``tumor``'s images plus tumor-free images making up ``fraction`` of the whole.
+    """A dataset of ``tumor``'s images plus the whole pool of tumor-free images, of which each
+    training pass draws enough to make up ``fraction`` of the pass.
 
     The tumor-free images carry no instances (empty targets: they teach the RPN and
-    the classifier what background looks like). They are drawn without replacement
-    while they last, then again, with a fixed seed.
+    the classifier what background looks like). The dataset's ``free_per_pass``
+    tells :func:`braintumor.mrcnn.inputs.pass_orders` how many to draw per pass; the
+    draws go through the pool without replacement before any image comes back, so a
+    long run sees every tumor-free image, not one fixed subset. ``seed`` is unused
+    (the draws follow the training seed); kept for callers.
     """
     from braintumor.data import Dataset
 
+    del seed
     if fraction <= 0 or len(free) == 0:
         return tumor
-    want = int(round(fraction / (1.0 - fraction) * len(tumor)))
-    rng = np.random.default_rng(seed)
-    picks = np.concatenate([rng.permutation(len(free)) for _ in range(want // len(free) + 1)])[:want]
+    want = max(1, int(round(fraction / (1.0 - fraction) * len(tumor))))
     mixed = Dataset(tumor.class_names, source=tumor.source, format="mixed")
     for info in tumor.image_info:
         mixed.add_image(info["path"], info["height"], info["width"], info["shapes"])
-    for i in picks:
-        info = free.image_info[int(i)]
+    for info in free.image_info:
         mixed.add_image(info["path"], info["height"], info["width"], [], tumor_free=True)
+    mixed.free_per_pass = want
     mixed.problems = list(tumor.problems) + list(free.problems)
     return mixed
+
+
+def describe_training_set(train: Any) -> str:
+    """``"202 images"`` or ``"202 tumor images + 50 of 529 tumor-free images per pass"``."""
+    free = sum(1 for i in train.image_info if i.get("tumor_free"))
+    per_pass = getattr(train, "free_per_pass", None)
+    if not free or per_pass is None:
+        return f"{len(train)} images"
+    return f"{len(train) - free} tumor images + {per_pass} of {free} tumor-free images per pass"
 
 
 def load_training_data(config: Config, data_dir: Path):
@@ -319,9 +331,7 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
 
     keras.utils.set_random_seed(config.SEED)
     train, val, _held = load_training_data(config, data_dir)
-    print(f"data: {data_dir}: train {len(train)} images"
-          + (f" ({sum(1 for i in train.image_info if i.get('tumor_free'))} tumor-free)" if config.TUMOR_FREE_DIRS else "")
-          + f", val {len(val)} images", flush=True)
+    print(f"data: {data_dir}: train {describe_training_set(train)}, val {len(val)} images", flush=True)
     strategy = _strategy(config)
     if strategy is not None:
         print(f"strategy: MirroredStrategy, {strategy.num_replicas_in_sync} replicas "

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from braintumor.config import Config
-from braintumor.train import build_config, fit_schedule, mix_tumor_free, read_history, run_training, stage_plan
+from braintumor.train import build_config, describe_training_set, fit_schedule, mix_tumor_free, read_history, run_training, stage_plan
 from mrcnn_testutil import TINY, blob_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,17 +86,52 @@ def test_command_line_overrides_the_preset(tiny_preset, tiny_data, tmp_path):
 
 def test_tumor_free_mixing_adds_empty_samples_at_the_requested_share(tiny_data, tmp_path):
     from braintumor.data import load_image_folder, load_split
+    from braintumor.mrcnn.inputs import pass_orders
 
     for i in range(3):
         Image.fromarray(np.full((40, 50, 3), 30 * i, np.uint8)).save(tmp_path / f"free{i}.png")
     tumor = load_split(tiny_data, "train")
     mixed = mix_tumor_free(tumor, load_image_folder(tmp_path), fraction=0.5, seed=0)
     free = [i for i in mixed.image_ids if mixed.image_info[i].get("tumor_free")]
-    assert len(mixed) == 8 and len(free) == 4
+    assert len(tumor) == 4 and len(free) == 3 and mixed.free_per_pass == 4
     for i in free:
         masks, ids = mixed.load_mask(i)
         assert masks.shape[2] == 0 and ids.shape == (0,)
+    passes = pass_orders(mixed, np.random.default_rng(0))
+    drawn = []
+    for _ in range(3):
+        order = next(passes)
+        assert sorted(i for i in order if i not in free) == list(range(4))  # every tumor image once
+        drawn += [int(i) for i in order if i in free]
+    assert len(drawn) == 12 and sorted(drawn) == sorted(free * 4)  # 4 per pass, cycling the pool of 3
+    assert describe_training_set(mixed) == "4 tumor images + 4 of 3 tumor-free images per pass"
     assert mix_tumor_free(tumor, load_image_folder(tmp_path), 0.0, 0) is tumor
+    assert describe_training_set(tumor) == "4 images"
+
+
+def test_every_tumor_free_image_is_drawn_before_any_comes_back(tiny_data, tmp_path):
+    from braintumor.data import load_image_folder, load_split
+    from braintumor.mrcnn.inputs import pass_orders
+
+    for i in range(8):
+        Image.fromarray(np.full((40, 50, 3), 20 * i, np.uint8)).save(tmp_path / f"free{i}.png")
+    mixed = mix_tumor_free(load_split(tiny_data, "train"), load_image_folder(tmp_path), fraction=0.2, seed=0)
+    free = {i for i in mixed.image_ids if mixed.image_info[i].get("tumor_free")}
+    assert mixed.free_per_pass == 1 and len(free) == 8
+    passes = pass_orders(mixed, np.random.default_rng(1))
+    drawn = [int(i) for _ in range(8) for i in next(passes) if i in free]
+    assert sorted(drawn) == sorted(free)  # 8 passes, 8 different tumor-free images
+    ordered = pass_orders(mixed, np.random.default_rng(1), shuffle=False)
+    assert list(next(ordered)) == [0, 1, 2, 3, 4] and list(next(ordered)) == [0, 1, 2, 3, 5]
+
+
+def test_a_plain_dataset_gives_every_image_once_per_pass(tiny_data):
+    from braintumor.data import load_split
+    from braintumor.mrcnn.inputs import pass_orders
+
+    ds = load_split(tiny_data, "train")
+    passes = pass_orders(ds, np.random.default_rng(0))
+    assert [sorted(next(passes)) for _ in range(2)] == [[0, 1, 2, 3]] * 2
 
 
 # ------------------------------------------------------------------ runs (TensorFlow)

@@ -233,14 +233,42 @@ INPUT_ORDER = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
 
 
+def pass_orders(dataset, rng: np.random.Generator, shuffle: bool = True):
+    """Endless generator of passes over ``dataset``: each an int array of image ids.
+
+    A plain dataset gives every image once per pass (shuffled or in order). A dataset
+    with ``free_per_pass = k`` (tumor-free images mixed in, :func:`braintumor.train.mix_tumor_free`)
+    gives every image not marked ``tumor_free`` plus ``k`` tumor-free ones per pass, taken
+    from a shuffled cycle through the whole tumor-free pool: no image is drawn twice
+    before all have been drawn once.
+    """
+    n = len(dataset)
+    k = getattr(dataset, "free_per_pass", None)
+    infos = getattr(dataset, "image_info", None)
+    if k is None or infos is None:
+        while True:
+            yield rng.permutation(n) if shuffle else np.arange(n)
+    free = np.array([i for i, info in enumerate(infos) if info.get("tumor_free")], dtype=int)
+    fixed = np.array([i for i, info in enumerate(infos) if not info.get("tumor_free")], dtype=int)
+    queue = np.zeros(0, dtype=int)
+    while True:
+        take = np.zeros(0, dtype=int)
+        while len(free) and len(take) < k:
+            if not len(queue):
+                queue = rng.permutation(free) if shuffle else free.copy()
+            step = queue[: k - len(take)]
+            take, queue = np.concatenate([take, step]), queue[len(step):]
+        order = np.concatenate([fixed, take])
+        yield rng.permutation(order) if shuffle else order
+
+
 def sample_generator(dataset, config, augmenter=None, seed=0, shuffle=True):
     """Endless generator of training samples (tuples in :data:`INPUT_ORDER`), reshuffled every pass."""
     n = len(dataset)
     if n == 0:
         raise BrainTumorError("dataset has no images")
     rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(n) if shuffle else np.arange(n)
+    for order in pass_orders(dataset, rng, shuffle):
         for i in order:
             image_id = dataset.image_ids[i]
             try:
