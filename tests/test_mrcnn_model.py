@@ -147,6 +147,9 @@ def test_set_log_dir_parses_run_folder_and_epoch(tmp_path):
     assert m.checkpoint_path_for(8) == run / "mask_rcnn_tiny_0008.h5"
     m.set_log_dir(tmp_path / "elsewhere.h5")  # not a checkpoint of a run: a new run from epoch 0
     assert m.epoch == 0 and m.log_dir != run
+    other = tmp_path / "tumor20250101T0000"
+    m.set_log_dir(other / "mask_rcnn_tumor_0015.h5")  # another preset's run: a new "tiny" run from epoch 0
+    assert m.epoch == 0 and m.log_dir.parent == tmp_path and m.log_dir.name.startswith("tiny")
 
 
 def test_find_last_picks_newest_run_with_a_checkpoint(tmp_path):

@@ -299,14 +299,16 @@ class MaskRCNN:
 
     def set_log_dir(self, model_path: str | Path | None = None) -> None:
         """Set ``log_dir`` and ``epoch``: a new run folder stamped now, or, for a checkpoint
-        ``<run>/mask_rcnn_<name>_<NNNN>.h5``, that run folder and epoch ``NNNN`` (training resumes after it)."""
+        ``<run>/mask_rcnn_<name>_<NNNN>.h5`` of this config's ``NAME``, that run folder and epoch
+        ``NNNN`` (training resumes after it). A checkpoint of another ``NAME`` starts a new run
+        (a second stage with its own preset, e.g. ``resnet101_negatives`` from a ``resnet101`` run)."""
         self.epoch = 0
         now = datetime.datetime.now()
         log_dir = self.model_dir / f"{self.run_name}{now:%Y%m%dT%H%M}"
         if model_path is not None:
             model_path = Path(model_path)
             m = _CKPT_RE.match(model_path.name)
-            if m and _RUN_DIR_RE.match(model_path.parent.name):
+            if m and m.group("name") == self.run_name and _RUN_DIR_RE.match(model_path.parent.name):
                 log_dir = model_path.parent
                 self.epoch = int(m.group("epoch"))
         self.log_dir = log_dir
