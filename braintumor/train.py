@@ -86,7 +86,7 @@ def stage_plan(config: Config, start_epoch: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- data
-def mix_tumor_free(tumor: Any, free: Any, fraction: float, seed: int) -> Any:
+def mix_tumor_free(tumor: Any, free: Any, fraction: float) -> Any:
     """A dataset of ``tumor``'s images plus the whole pool of tumor-free images, of which each
     training pass draws enough to make up ``fraction`` of the pass.
 
@@ -94,12 +94,11 @@ def mix_tumor_free(tumor: Any, free: Any, fraction: float, seed: int) -> Any:
     the classifier what background looks like). The dataset's ``free_per_pass``
     tells :func:`braintumor.mrcnn.inputs.pass_orders` how many to draw per pass; the
     draws go through the pool without replacement before any image comes back, so a
-    long run sees every tumor-free image, not one fixed subset. ``seed`` is unused
-    (the draws follow the training seed); kept for callers.
+    long run sees every tumor-free image, not one fixed subset. The draws follow the
+    training seed.
     """
     from braintumor.data import Dataset
 
-    del seed
     if fraction <= 0 or len(free) == 0:
         return tumor
     want = max(1, int(round(fraction / (1.0 - fraction) * len(tumor))))
@@ -136,7 +135,7 @@ def load_training_data(config: Config, data_dir: Path):
     if config.TUMOR_FREE_DIRS:
         free = load_tumor_free(config.TUMOR_FREE_DIRS, "train", config.CLASS_NAMES)
         held = load_tumor_free(config.TUMOR_FREE_DIRS, "held-out", config.CLASS_NAMES)
-        train = mix_tumor_free(train, free, config.TUMOR_FREE_FRACTION, config.SEED)
+        train = mix_tumor_free(train, free, config.TUMOR_FREE_FRACTION)
     return train, val, held
 
 

@@ -91,7 +91,7 @@ def test_tumor_free_mixing_adds_empty_samples_at_the_requested_share(tiny_data, 
     for i in range(3):
         Image.fromarray(np.full((40, 50, 3), 30 * i, np.uint8)).save(tmp_path / f"free{i}.png")
     tumor = load_split(tiny_data, "train")
-    mixed = mix_tumor_free(tumor, load_image_folder(tmp_path), fraction=0.5, seed=0)
+    mixed = mix_tumor_free(tumor, load_image_folder(tmp_path), fraction=0.5)
     free = [i for i in mixed.image_ids if mixed.image_info[i].get("tumor_free")]
     assert len(tumor) == 4 and len(free) == 3 and mixed.free_per_pass == 4
     for i in free:
@@ -105,7 +105,7 @@ def test_tumor_free_mixing_adds_empty_samples_at_the_requested_share(tiny_data, 
         drawn += [int(i) for i in order if i in free]
     assert len(drawn) == 12 and sorted(drawn) == sorted(free * 4)  # 4 per pass, cycling the pool of 3
     assert describe_training_set(mixed) == "4 tumor images + 4 of 3 tumor-free images per pass"
-    assert mix_tumor_free(tumor, load_image_folder(tmp_path), 0.0, 0) is tumor
+    assert mix_tumor_free(tumor, load_image_folder(tmp_path), 0.0) is tumor
     assert describe_training_set(tumor) == "4 images"
 
 
@@ -115,7 +115,7 @@ def test_every_tumor_free_image_is_drawn_before_any_comes_back(tiny_data, tmp_pa
 
     for i in range(8):
         Image.fromarray(np.full((40, 50, 3), 20 * i, np.uint8)).save(tmp_path / f"free{i}.png")
-    mixed = mix_tumor_free(load_split(tiny_data, "train"), load_image_folder(tmp_path), fraction=0.2, seed=0)
+    mixed = mix_tumor_free(load_split(tiny_data, "train"), load_image_folder(tmp_path), fraction=0.2)
     free = {i for i in mixed.image_ids if mixed.image_info[i].get("tumor_free")}
     assert mixed.free_per_pass == 1 and len(free) == 8
     passes = pass_orders(mixed, np.random.default_rng(1))
