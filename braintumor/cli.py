@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--split", required=True, help="split name (train, val, test)")
     exp.add_argument("--out", required=True, help="output JSON file")
 
-    fetch = sub.add_parser("fetch-data", help="download brain_tumor_data from its public GitHub repository")
-    fetch.add_argument("--dest", default="data", help="folder to put brain_tumor_data/ in (default: data)")
+    fetch = sub.add_parser("fetch-data", help="download a dataset: brain_tumor_data (GitHub) or figshare (3064 slices)")
+    fetch.add_argument("--dest", default="data", help="folder to put the dataset folder in (default: data)")
+    fetch.add_argument("--dataset", choices=["brain_tumor_data", "figshare"], default="brain_tumor_data",
+                       help="brain_tumor_data (default) or figshare: Cheng's .mat archive, converted to COCO "
+                            "with patient ids and a patient-wise split")
+    fetch.add_argument("--from", dest="from_dir", metavar="DIR",
+                       help="figshare: convert an archive already downloaded (its zip parts or .mat files)")
 
     ms = sub.add_parser("model-summary", help="print the inference model's layer groups and parameter counts")
     ms.add_argument("--config", default="mrcnn_config/resnet101.toml", help="preset TOML file or name")

@@ -1,4 +1,5 @@
-"""``braintumor fetch-data``: download ``brain_tumor_data/`` from its public GitHub repository.
+"""``braintumor fetch-data``: download ``brain_tumor_data/`` from its public GitHub repository
+(``--dataset figshare``: the Figshare set, see :mod:`braintumor.figshare_mat`).
 
 The dataset (VIA annotations + JPEGs, train and val) lives in
 https://github.com/rastislavkopal/brain-tumor-segmentation. We download the
@@ -127,8 +128,25 @@ def fetch_dataset(dest: str | Path = "data", urls: tuple[str, ...] | None = None
 
 
 def cli_fetch(args) -> int:
-    """``braintumor fetch-data [--dest DIR]``."""
+    """``braintumor fetch-data [--dest DIR] [--dataset brain_tumor_data|figshare] [--from DIR]``."""
     dest = Path(getattr(args, "dest", None) or "data")
+    dataset = getattr(args, "dataset", None) or FOLDER
+    source = getattr(args, "from_dir", None)
+    if dataset == "figshare":
+        from braintumor.figshare_mat import FOLDER as FIGSHARE, fetch_figshare
+
+        target, report = fetch_figshare(dest, from_dir=source, force=bool(source))
+        if report is None:
+            print(f"{target} already present (delete it, or convert again with --from DIR)")
+        else:
+            print("\n".join(report.lines()))
+            print(f"dataset ready in {target}; check it with: braintumor data check --data {target}")
+        return 0
+    if dataset != FOLDER:
+        raise BrainTumorError(f"--dataset must be {FOLDER} or figshare, got {dataset!r}")
+    if source:
+        raise BrainTumorError("--from is for --dataset figshare; for brain_tumor_data set $BRAIN_TUMOR_DATA_URL "
+                              "to a file:// URL of the repository zip, or pass --data to the other commands")
     already = (dest / FOLDER / "train" / "annotations.json").is_file()
     target = fetch_dataset(dest)
     if already:
