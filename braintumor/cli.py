@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--layers", choices=["heads", "3+", "4+", "5+", "all"], help="layer group to train (overrides the preset)")
     tr.add_argument("--tumor-free", action="append", default=None, metavar="DIR", help="folder of tumor-free images mixed in as empty targets (repeatable)")
     tr.add_argument("--tumor-free-fraction", type=float, help="share of tumor-free samples per epoch")
+    tr.add_argument("--source", action="append", default=None, metavar="NAME=DIR",
+                    help="folder of one of the preset's SOURCES (default: DIR or NAME beside the --data folder)")
     tr.add_argument("--logs", default="logs", help="folder for run folders (default: logs)")
     tr.add_argument("--name", help="run name (overrides NAME)")
 

@@ -51,6 +51,10 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "CLASS_NAMES": (["BG", "tumor"], "class names, index = class id, 0 is background"),
     "TUMOR_FREE_DIRS": ([], "folders of tumor-free images mixed into training as empty targets"),
     "TUMOR_FREE_FRACTION": (0.0, "share of training samples drawn from TUMOR_FREE_DIRS (0..0.9)"),
+    "CLASS_MAP": ({}, "COCO category name -> class name (glioma = \"tumor\"); unmapped categories are skipped, counted"),
+    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT}: KIND split (VIA/COCO split folders), "
+                    "figshare or tumor_free; DIR relative to the --data folder's parent; WEIGHT: share of every "
+                    "epoch's samples; empty = --data's train split (+ the TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
     # --- optimisation --------------------------------------------------------
     "LEARNING_RATE": (0.001, "SGD learning rate"),
@@ -103,6 +107,7 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_MAX_INSTANCES": (20, "detections kept per image"),
     "DETECTION_MIN_CONFIDENCE": (0.7, "detections below this score are dropped"),
     "DETECTION_NMS_THRESHOLD": (0.3, "per-class NMS IoU threshold on detections"),
+    "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
 }
 
 DEFAULTS: dict[str, Any] = {k: v for k, (v, _) in _SETTINGS.items()}
@@ -118,6 +123,26 @@ INIT_CHOICES = ("random", "imagenet", "coco", "last")
 def _positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+SOURCE_KINDS = ("split", "figshare", "tumor_free")
+
+
+def _check_sources(sources) -> None:
+    if not isinstance(sources, list):
+        raise ConfigError("SOURCES must be a list of tables ([[SOURCES]] in TOML)")
+    names = []
+    for s in sources:
+        if not isinstance(s, dict) or not {"NAME", "KIND", "WEIGHT"} <= set(s) or set(s) - {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT"}:
+            raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT), got {s!r}")
+        if s["KIND"] not in SOURCE_KINDS:
+            raise ConfigError(f"SOURCES {s['NAME']!r}: KIND must be one of {SOURCE_KINDS}, got {s['KIND']!r}")
+        w = s["WEIGHT"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
+            raise ConfigError(f"SOURCES {s['NAME']!r}: WEIGHT must be a positive number, got {w!r}")
+        names.append(s["NAME"])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"SOURCES names must be unique, got {names}")
 
 
 def _unit(name, v, lo=0.0, hi=1.0):
@@ -200,6 +225,8 @@ class Config:
         _unit("GRADIENT_CLIP_NORM", self.GRADIENT_CLIP_NORM, 0.0, 1e6)
         if not isinstance(self.WARMUP_STEPS, int) or self.WARMUP_STEPS < 0:
             raise ConfigError(f"WARMUP_STEPS must be a non-negative integer, got {self.WARMUP_STEPS!r}")
+        if isinstance(self.MIN_STEPS_FOR_READING, bool) or not isinstance(self.MIN_STEPS_FOR_READING, int) or self.MIN_STEPS_FOR_READING < 0:
+            raise ConfigError(f"MIN_STEPS_FOR_READING must be a non-negative integer, got {self.MIN_STEPS_FOR_READING!r}")
         if self.LR_DECAY not in ("none", "cosine"):
             raise ConfigError(f"LR_DECAY must be 'none' or 'cosine', got {self.LR_DECAY!r}")
         if len(self.BACKBONE_STRIDES) != 5 or len(self.RPN_ANCHOR_SCALES) != 5:
@@ -220,6 +247,12 @@ class Config:
             raise ConfigError(f"INIT must be one of {', '.join(INIT_CHOICES)} or a path, got {self.INIT!r}")
         if not isinstance(self.LOSS_WEIGHTS, dict) or set(self.LOSS_WEIGHTS) != set(DEFAULTS["LOSS_WEIGHTS"]):
             raise ConfigError(f"LOSS_WEIGHTS needs exactly the keys {sorted(DEFAULTS['LOSS_WEIGHTS'])}")
+        if not isinstance(self.CLASS_MAP, dict) or not all(isinstance(v, str) for v in self.CLASS_MAP.values()):
+            raise ConfigError(f"CLASS_MAP must map category names to class names, got {self.CLASS_MAP!r}")
+        bad = sorted({v for v in self.CLASS_MAP.values() if v.lower() not in [c.lower() for c in self.CLASS_NAMES[1:]]})
+        if bad:
+            raise ConfigError(f"CLASS_MAP maps onto {bad}, which are not in CLASS_NAMES {self.CLASS_NAMES[1:]}")
+        _check_sources(self.SOURCES)
         if not isinstance(self.TUMOR_FREE_DIRS, list):
             raise ConfigError("TUMOR_FREE_DIRS must be a list of folders")
         if not isinstance(self.AUGMENTATION, dict):

@@ -145,6 +145,8 @@ class Dataset:
         self.format = format
         # training passes draw this many of the images marked tumor_free (None: every image, every pass)
         self.free_per_pass: int | None = None
+        # several sources (braintumor.train.combine_sources): [(image indices, count per pass)]
+        self.pass_pools: list[tuple[list[int], int | None]] | None = None
 
     # --- construction -------------------------------------------------------
     def add_image(self, path: str | Path, height: int, width: int, shapes: list[Shape] | None = None,
@@ -387,10 +389,13 @@ def load_via(json_path: str | Path, image_dir: str | Path | None = None, class_n
 
 # ============================================================================= COCO
 def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_names: Iterable[str] = CLASS_NAMES,
-              verify: bool = False, doc: Any = None) -> Dataset:
+              verify: bool = False, doc: Any = None, class_map: dict[str, str] | None = None) -> Dataset:
     """Read COCO instance JSON (polygon or RLE segmentations, via pycocotools).
 
-    Categories are matched to ``class_names`` by name (case-insensitive);
+    Categories are matched to ``class_names`` by name (case-insensitive), after
+    ``class_map`` (category name -> class name, e.g. the config's ``CLASS_MAP``
+    ``{"glioma": "tumor", ...}``) renames them. The annotations of a category that
+    matches no class are skipped, with one warning per category giving their count.
     ``image_dir`` defaults to the JSON file's folder.
     """
     from pycocotools import mask as mask_utils
@@ -404,10 +409,13 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
     lowered = [c.lower() for c in ds.class_names]
     cat_to_class: dict[Any, int | None] = {}
     cat_names: dict[Any, str] = {}
+    mapping = {str(k).lower(): str(v).lower() for k, v in (class_map or {}).items()}
     for cat in doc.get("categories") or []:
         name = str(cat.get("name", ""))
         cat_names[cat.get("id")] = name
-        cat_to_class[cat.get("id")] = lowered.index(name.lower()) if name.lower() in lowered[1:] else None
+        target = mapping.get(name.lower(), name.lower())
+        cat_to_class[cat.get("id")] = lowered.index(target) if target in lowered[1:] else None
+    unmapped: collections.Counter = collections.Counter()
     by_image = collections.defaultdict(list)
     for ann in doc["annotations"]:
         if isinstance(ann, dict):
@@ -430,8 +438,7 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
             where = f"{json_path}: {img['file_name']} annotation {ann.get('id')}"
             class_id = cat_to_class.get(ann.get("category_id"))
             if class_id is None:
-                label = cat_names.get(ann.get("category_id"), f"category {ann.get('category_id')}")
-                ds.add_problem(f"{where}: unknown class {label!r}; skipped", "warning", "unknown class")
+                unmapped[cat_names.get(ann.get("category_id"), f"category {ann.get('category_id')}")] += 1
                 continue
             segm = ann.get("segmentation")
             try:
@@ -460,7 +467,11 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
                 ds.add_problem(f"{where}: segmentation covers no pixel; skipped", "warning", "empty shape")
                 continue
             shapes.append(Shape("coco", rle, class_id))
-        ds.add_image(img_path, h, w, shapes, coco_id=img.get("id"))
+        extra = {"patient_id": str(img["patient_id"])} if img.get("patient_id") is not None else {}
+        ds.add_image(img_path, h, w, shapes, coco_id=img.get("id"), **extra)
+    for label, n in sorted(unmapped.items()):
+        ds.add_problem(f"{json_path}: {n} annotation{'s' if n > 1 else ''} of class {label!r}, which is not one of "
+                       f"{ds.class_names[1:]} (set CLASS_MAP to map it); skipped", "warning", "unknown class")
     return ds
 
 
@@ -526,19 +537,25 @@ def write_json_atomic(path: str | Path, doc: Any) -> None:
 
 # ============================================================================= entry points
 def load_split(data_dir: str | Path, split: str, class_names: Iterable[str] = CLASS_NAMES,
-               verify: bool = False) -> Dataset:
-    """The ``split`` of a dataset folder: ``DIR/split/annotations.json`` (VIA or COCO), else ``DIR/split/coco.json``."""
+               verify: bool = False, class_map: dict[str, str] | None = None) -> Dataset:
+    """The ``split`` of a dataset folder: ``DIR/split/annotations.json`` (VIA or COCO), else ``DIR/split/coco.json``;
+    for a Figshare folder (``DIR/annotations.json`` + ``DIR/images/``), its patient-wise split
+    (:mod:`braintumor.figshare`). ``class_map`` renames COCO categories onto ``class_names``."""
+    from braintumor.figshare import is_figshare_folder, load_figshare
+
     split_dir = Path(data_dir) / split
+    if not split_dir.is_dir() and is_figshare_folder(data_dir):
+        return load_figshare(data_dir, split, class_names, class_map, verify)
     if not split_dir.is_dir():
         raise BrainTumorError(f"{split_dir}: no such split folder")
     ann, coco = split_dir / "annotations.json", split_dir / "coco.json"
     if ann.is_file():
         doc = _read_json(ann)
         if _is_coco(doc):
-            return load_coco(ann, split_dir, class_names, verify, doc=doc)
+            return load_coco(ann, split_dir, class_names, verify, doc=doc, class_map=class_map)
         return load_via(ann, split_dir, class_names, verify, doc=doc)
     if coco.is_file():
-        return load_coco(coco, split_dir, class_names, verify)
+        return load_coco(coco, split_dir, class_names, verify, class_map=class_map)
     raise BrainTumorError(f"{split_dir}: no annotations.json or coco.json")
 
 
@@ -600,8 +617,11 @@ def summarize(ds: Dataset) -> list[str]:
 
 def cli_check(args) -> int:
     """``braintumor data check``: report every split; 1 if any split has errors or none is found."""
+    from braintumor.figshare import CATEGORIES, is_figshare_folder
+
     data_dir = _data_dir_or_error(getattr(args, "data", None))
-    splits = args.splits or [s for s in SPLITS if (data_dir / s).is_dir()]
+    figshare = is_figshare_folder(data_dir)
+    splits = args.splits or (["train", "val"] if figshare else [s for s in SPLITS if (data_dir / s).is_dir()])
     if not splits:
         print(f"error: {data_dir}: no split folders ({', '.join(SPLITS)}) found", file=sys.stderr)
         return 1
@@ -609,7 +629,8 @@ def cli_check(args) -> int:
     failed = False
     for split in splits:
         try:
-            ds = load_split(data_dir, split, verify=True)
+            ds = load_split(data_dir, split, verify=True,
+                            class_map={c: "tumor" for c in CATEGORIES} if figshare else None)
         except BrainTumorError as e:
             print(f"error: {e}", file=sys.stderr)
             failed = True

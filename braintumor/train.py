@@ -112,8 +112,54 @@ def mix_tumor_free(tumor: Any, free: Any, fraction: float) -> Any:
     return mixed
 
 
+def source_dir(source: dict, data_dir: Path, overrides: dict[str, str] | None = None) -> Path:
+    """The folder of one ``SOURCES`` entry: ``--source NAME=DIR``, else its ``DIR`` (relative to the
+    parent of the ``--data`` folder, where ``../shared/data`` keeps its siblings), else that parent / NAME."""
+    if overrides and source["NAME"] in overrides:
+        return Path(overrides[source["NAME"]])
+    d = Path(source.get("DIR") or source["NAME"])
+    return d if d.is_absolute() else Path(data_dir).parent / d
+
+
+def per_pass_counts(weights: list[float], total: int) -> list[int]:
+    """Split ``total`` samples by ``weights`` into integers that sum to ``total`` (largest remainders)."""
+    w = np.asarray(weights, dtype=float) / float(np.sum(weights))
+    raw = w * total
+    counts = np.floor(raw).astype(int)
+    for j in np.argsort(-(raw - counts), kind="stable")[: total - int(counts.sum())]:
+        counts[j] += 1
+    return [int(c) for c in counts]
+
+
+def combine_sources(parts: list[tuple[str, Any, float]], samples_per_pass: int, class_names) -> Any:
+    """One training dataset from several ``(name, dataset, weight)`` sources: every pass (one
+    epoch of ``samples_per_pass`` samples) draws :func:`per_pass_counts` images from each
+    source, cycling through each source's images without replacement
+    (:func:`braintumor.mrcnn.inputs.pass_orders`). Images keep a ``source`` tag."""
+    from braintumor.data import Dataset
+
+    out = Dataset(class_names, source=None, format="sources")
+    pools = []
+    counts = per_pass_counts([w for _, _, w in parts], samples_per_pass)
+    for (name, ds, _w), k in zip(parts, counts):
+        start = len(out)
+        for info in ds.image_info:
+            extra = {kk: v for kk, v in info.items() if kk not in ("id", "path", "name", "height", "width", "shapes")}
+            out.add_image(info["path"], info["height"], info["width"], info["shapes"], **{**extra, "source": name})
+        pools.append((list(range(start, len(out))), k))
+        out.problems += list(ds.problems)
+    out.pass_pools = pools
+    out.source_names = [name for name, _, _ in parts]
+    return out
+
+
 def describe_training_set(train: Any) -> str:
-    """``"202 images"`` or ``"202 tumor images + 50 of 529 tumor-free images per pass"``."""
+    """``"202 images"``, ``"202 tumor images + 50 of 529 tumor-free images per pass"``, or per source
+    ``"brain_tumor_data 25 of 202, figshare 55 of 1424, tumor_free 20 of 529 images per pass"``."""
+    pools = getattr(train, "pass_pools", None)
+    if pools:
+        names = getattr(train, "source_names", [f"source {j}" for j in range(len(pools))])
+        return ", ".join(f"{n} {k} of {len(ids)}" for n, (ids, k) in zip(names, pools)) + " images per pass"
     free = sum(1 for i in train.image_info if i.get("tumor_free"))
     per_pass = getattr(train, "free_per_pass", None)
     if not free or per_pass is None:
@@ -121,13 +167,37 @@ def describe_training_set(train: Any) -> str:
     return f"{len(train) - free} tumor images + {per_pass} of {free} tumor-free images per pass"
 
 
-def load_training_data(config: Config, data_dir: Path):
-    """``(train, val, tumor_free_held_out)`` datasets for a run."""
+def load_training_data(config: Config, data_dir: Path, source_overrides: dict[str, str] | None = None):
+    """``(train, val, tumor_free_held_out)`` datasets for a run: ``config.SOURCES`` when set
+    (each folder from :func:`source_dir`), else ``data_dir``'s train split mixed with ``TUMOR_FREE_DIRS``;
+    val is always ``data_dir``'s val split (the loss curve stays comparable between presets)."""
     from braintumor.data import load_split
     from braintumor.tumor_free import load_tumor_free
 
-    train = load_split(data_dir, "train", class_names=config.CLASS_NAMES)
-    val = load_split(data_dir, "val", class_names=config.CLASS_NAMES)
+    val = load_split(data_dir, "val", class_names=config.CLASS_NAMES, class_map=config.CLASS_MAP)
+    if config.SOURCES:
+        parts, free_dirs = [], []
+        for src in config.SOURCES:
+            folder = source_dir(src, data_dir, source_overrides)
+            if not folder.is_dir() and not (src["KIND"] == "tumor_free" and config.TUMOR_FREE_DIRS):
+                raise BrainTumorError(f"{folder}: folder of training source {src['NAME']!r} not found "
+                                      f"(pass --source {src['NAME']}=DIR)")
+            if src["KIND"] == "tumor_free":
+                folders = [folder]
+                if config.TUMOR_FREE_DIRS and src["NAME"] not in (source_overrides or {}):
+                    folders = [Path(d) for d in config.TUMOR_FREE_DIRS]  # --tumor-free DIR wins
+                ds = load_tumor_free(folders, "train", config.CLASS_NAMES)
+                free_dirs += [str(f) for f in folders]
+            else:
+                ds = load_split(folder, src.get("SPLIT", "train"), class_names=config.CLASS_NAMES,
+                                class_map=config.CLASS_MAP)
+            if ds.errors:
+                raise BrainTumorError(f"{ds.errors[0]} ({len(ds.errors)} errors; run: braintumor data check)")
+            parts.append((src["NAME"], ds, float(src["WEIGHT"])))
+        train = combine_sources(parts, config.STEPS_PER_EPOCH * config.BATCH_SIZE, config.CLASS_NAMES)
+        held = load_tumor_free(free_dirs, "held-out", config.CLASS_NAMES) if free_dirs else None
+        return train, val, held
+    train = load_split(data_dir, "train", class_names=config.CLASS_NAMES, class_map=config.CLASS_MAP)
     for ds in (train, val):
         if ds.errors:
             raise BrainTumorError(f"{ds.errors[0]} ({len(ds.errors)} errors; run: braintumor data check)")
@@ -257,8 +327,35 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- run
+def tf_config_workers(value: str | None = None) -> int:
+    """How many machines ``$TF_CONFIG`` (or ``value``) names: its cluster's chief + workers; 0 when unset."""
+    import json
+
+    value = os.environ.get("TF_CONFIG", "") if value is None else value
+    if not value.strip():
+        return 0
+    try:
+        cluster = json.loads(value).get("cluster") or {}
+        return sum(len(cluster.get(role) or []) for role in ("chief", "worker"))
+    except (ValueError, AttributeError, TypeError):
+        raise BrainTumorError("TF_CONFIG: not JSON of the form {\"cluster\": {\"worker\": [\"host:port\", ...]}, "
+                              "\"task\": {\"type\": \"worker\", \"index\": N}}") from None
+
+
 def _strategy(config: Config):
-    """``MirroredStrategy`` over ``GPU_COUNT`` devices (GPUs, else logical CPUs), or None for one device."""
+    """The distribution strategy of a run, or None for one device.
+
+    - ``$TF_CONFIG`` naming more than one machine: ``MultiWorkerMirroredStrategy``
+      (every machine runs the same command with its own ``task.index``; each contributes
+      all its GPUs, or its CPU, and the gradients are all-reduced across machines);
+    - else ``GPU_COUNT > 1``: ``MirroredStrategy`` over that many local devices (GPUs, else logical CPUs);
+    - else None.
+    """
+    if tf_config_workers() > 1:
+        import tensorflow as tf
+
+        # created before any other TensorFlow op: collectives are configured at start-up
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if config.GPU_COUNT <= 1:
         return None
     import tensorflow as tf
@@ -318,7 +415,35 @@ def live_curves_callback():
     return LiveCurves()
 
 
-def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, callbacks=None) -> Path:
+def write_data_summary(path: Path, train: Any, val: Any, held: Any, data_dir: Path) -> None:
+    """``data.json`` of a run: its training sources with image counts and per-pass draws, val and
+    the held-out tumor-free slices (what a model card needs to say what the model was trained on)."""
+    from braintumor.data import write_json_atomic
+
+    pools = getattr(train, "pass_pools", None)
+    if pools:
+        names = getattr(train, "source_names", [])
+        sources = []
+        for name, (ids, k) in zip(names, pools):
+            infos = [train.image_info[i] for i in ids]
+            folder = str(Path(infos[0]["path"]).parent) if infos else None
+            sources.append({"name": name, "images": len(ids), "per_pass": k, "folder": folder,
+                            "instances": sum(len(i["shapes"]) for i in infos)})
+    else:
+        free = [i for i in train.image_info if i.get("tumor_free")]
+        sources = [{"name": Path(data_dir).name, "images": len(train) - len(free), "per_pass": None,
+                    "folder": str(Path(data_dir) / "train"),
+                    "instances": sum(len(i["shapes"]) for i in train.image_info)}]
+        if free:
+            sources.append({"name": "tumor_free", "images": len(free), "per_pass": getattr(train, "free_per_pass", None),
+                            "folder": str(Path(free[0]["path"]).parent), "instances": 0})
+    write_json_atomic(path, {"train": sources,
+                             "val": {"folder": str(Path(data_dir) / "val"), "images": len(val)},
+                             "tumor_free_held_out": {"images": len(held) if held is not None else 0}})
+
+
+def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, callbacks=None,
+                 source_overrides: dict[str, str] | None = None) -> Path:
     """Train per ``config`` (all stages); returns the run folder.
 
     ``callbacks``: extra keras callbacks; one with a ``run_dir`` attribute gets the run folder.
@@ -329,7 +454,7 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     from braintumor.mrcnn import MaskRCNN
 
     keras.utils.set_random_seed(config.SEED)
-    train, val, _held = load_training_data(config, data_dir)
+    train, val, held = load_training_data(config, data_dir, source_overrides)
     print(f"data: {data_dir}: train {describe_training_set(train)}, val {len(val)} images", flush=True)
     strategy = _strategy(config)
     if strategy is not None:
@@ -344,6 +469,8 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.toml").exists():
         config.save(run_dir / "config.toml")
+    if not (run_dir / "data.json").exists():
+        write_data_summary(run_dir / "data.json", train, val, held, data_dir)
     print(f"run folder: {run_dir}", flush=True)
     augmentation = build_augmentation(config.AUGMENTATION, seed=config.SEED) if config.AUGMENTATION else None
     plan = stage_plan(config, model.epoch)
@@ -409,6 +536,15 @@ def cli_train(args) -> int:
     data_dir = resolve_data_dir(args.data)
     if not data_dir.is_dir():
         raise BrainTumorError(f"{data_dir}: dataset folder not found (run: braintumor fetch-data, or pass --data)")
+    overrides = {}
+    for pair in getattr(args, "source", None) or []:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise BrainTumorError(f"--source needs NAME=DIR, got {pair!r}")
+        if name not in [s["NAME"] for s in config.SOURCES]:
+            raise BrainTumorError(f"--source {name}: the preset has no such source "
+                                  f"(its SOURCES: {', '.join(s['NAME'] for s in config.SOURCES) or 'none'})")
+        overrides[name] = folder
     with stop_signals_save():
-        run_training(config, data_dir, Path(args.logs))
+        run_training(config, data_dir, Path(args.logs), source_overrides=overrides)
     return 0

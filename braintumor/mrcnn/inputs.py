@@ -233,32 +233,51 @@ INPUT_ORDER = ("input_image", "input_image_meta", "input_rpn_match", "input_rpn_
                "input_gt_class_ids", "input_gt_boxes", "input_gt_masks")
 
 
-def pass_orders(dataset, rng: np.random.Generator, shuffle: bool = True):
-    """Endless generator of passes over ``dataset``: each an int array of image ids.
+def pass_plan(dataset) -> list[tuple[np.ndarray, int | None]]:
+    """How a training pass draws from ``dataset``: a list of ``(pool of image indices, count)``;
+    count None takes the whole pool every pass.
 
-    A plain dataset gives every image once per pass (shuffled or in order). A dataset
-    with ``free_per_pass = k`` (tumor-free images mixed in, :func:`braintumor.train.mix_tumor_free`)
-    gives every image not marked ``tumor_free`` plus ``k`` tumor-free ones per pass, taken
-    from a shuffled cycle through the whole tumor-free pool: no image is drawn twice
-    before all have been drawn once.
+    - a dataset with ``pass_pools`` (several sources, :func:`braintumor.train.combine_sources`):
+      those pools, each with its own count per pass;
+    - a dataset with ``free_per_pass = k`` (:func:`braintumor.train.mix_tumor_free`): every image
+      not marked ``tumor_free`` plus ``k`` of the tumor-free ones;
+    - any other dataset: every image.
     """
-    n = len(dataset)
+    pools = getattr(dataset, "pass_pools", None)
+    if pools:
+        return [(np.asarray(ids, dtype=int), k) for ids, k in pools]
     k = getattr(dataset, "free_per_pass", None)
     infos = getattr(dataset, "image_info", None)
     if k is None or infos is None:
-        while True:
-            yield rng.permutation(n) if shuffle else np.arange(n)
+        return [(np.arange(len(dataset)), None)]
     free = np.array([i for i, info in enumerate(infos) if info.get("tumor_free")], dtype=int)
     fixed = np.array([i for i, info in enumerate(infos) if not info.get("tumor_free")], dtype=int)
-    queue = np.zeros(0, dtype=int)
+    return [(fixed, None), (free, k)]
+
+
+def pass_orders(dataset, rng: np.random.Generator, shuffle: bool = True):
+    """Endless generator of passes over ``dataset``: each an int array of image indices.
+
+    Each pool of :func:`pass_plan` contributes its count per pass, taken from a shuffled
+    cycle through that pool: no image of a pool is drawn twice before all of the pool
+    has been drawn once (a pool smaller than its count comes back within the pass).
+    """
+    plan = pass_plan(dataset)
+    queues = [np.zeros(0, dtype=int) for _ in plan]
     while True:
-        take = np.zeros(0, dtype=int)
-        while len(free) and len(take) < k:
-            if not len(queue):
-                queue = rng.permutation(free) if shuffle else free.copy()
-            step = queue[: k - len(take)]
-            take, queue = np.concatenate([take, step]), queue[len(step):]
-        order = np.concatenate([fixed, take])
+        parts = []
+        for j, (pool, k) in enumerate(plan):
+            if k is None:
+                parts.append(pool)
+                continue
+            take = np.zeros(0, dtype=int)
+            while len(pool) and len(take) < k:
+                if not len(queues[j]):
+                    queues[j] = rng.permutation(pool) if shuffle else pool.copy()
+                step = queues[j][: k - len(take)]
+                take, queues[j] = np.concatenate([take, step]), queues[j][len(step):]
+            parts.append(take)
+        order = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
         yield rng.permutation(order) if shuffle else order
 
 
