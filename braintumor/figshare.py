@@ -93,11 +93,14 @@ def split_image_ids(data_dir: str | Path, images: list[dict]) -> dict[str, set]:
 def load_figshare(data_dir: str | Path, split: str, class_names: Iterable[str] | None = None,
                   class_map: dict[str, str] | None = None, verify: bool = False):
     """The ``split`` (``train``, ``val`` or ``all``) of a Figshare folder as a :class:`braintumor.data.Dataset`;
-    no patient is on both sides. ``class_map``: category name -> class name (all three types ->
-    ``tumor``); the annotations of categories it leaves out are skipped, one counted warning each."""
+    no patient is on both sides. ``class_map``: category name -> class name (default for a
+    ``["BG", "tumor"]`` model: all three types -> ``tumor``); the annotations of categories it leaves out are skipped, one counted warning each."""
     from braintumor.data import CLASS_NAMES, _read_json, load_coco
 
     d = Path(data_dir)
+    names = [c.lower() for c in (class_names or ["BG", "tumor"])]
+    if class_map is None and names[1:] == ["tumor"]:  # a tumor / no-tumor model: every type is a tumor
+        class_map = {c: "tumor" for c in CATEGORIES}
     if not is_figshare_folder(d):
         raise BrainTumorError(f"{d}: not a Figshare folder (needs annotations.json and images/)")
     doc = _read_json(d / "annotations.json")
