@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from braintumor.errors import BrainTumorError
-from braintumor.paths import PRESETS_DIR, PROJECT_ROOT
+from braintumor.paths import PROJECT_ROOT
 
 APP_NOTEBOOK = PROJECT_ROOT / "notebooks" / "app.ipynb"
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
@@ -56,36 +56,23 @@ def app_environment(logs: Path, lang: str | None = None) -> dict[str, str]:
     return env
 
 
-def ensure_weights(logs: Path) -> None:
-    """Train the quick preset into ``logs`` when it holds no checkpoint (progress shown as it goes)."""
+def ensure_weights(logs: Path) -> bool:
+    """Check that the app has a model to read scans with; never trains one.
+
+    True when the released model (``models/``, :mod:`braintumor.release`) is
+    there. Otherwise one line says what is missing (and what the app will list
+    instead) and False is returned; the app starts either way.
+    """
     from braintumor.inference import find_checkpoints
+    from braintumor.release import find_releases, models_dir
 
-    if find_checkpoints(logs):
-        return
-    from braintumor.paths import resolve_data_dir
-
-    data = resolve_data_dir(None)
-    if not data.is_absolute():
-        data = (Path.cwd() / data).resolve()
-    if not data.is_dir():
-        print(f"No checkpoint in {logs} and no dataset at {data}: downloading it first (braintumor fetch-data)...",
-              flush=True)
-        rc = subprocess.call([sys.executable, "-m", "braintumor", "fetch-data", "--dest", str(data.parent)],
-                             cwd=str(PROJECT_ROOT), env=app_environment(logs))
-        if rc != 0 or not data.is_dir():
-            raise BrainTumorError(f"{data}: no dataset to train a first checkpoint on; put brain_tumor_data there, "
-                                  f"set $BRAIN_TUMOR_DATA, or copy a checkpoint run folder into {logs}")
-    preset = PRESETS_DIR / "quick.toml"
-    print(f"No checkpoint in {logs}: training the quick preset first ({preset.name}, a few minutes on a CPU)...",
-          flush=True)
-    cmd = [sys.executable, "-m", "braintumor", "train", "--config", str(preset), "--logs", str(logs),
-           "--data", str(data)]
-    rc = subprocess.call(cmd, cwd=str(PROJECT_ROOT), env=app_environment(logs))
-    if rc != 0:
-        raise BrainTumorError(f"training the quick preset failed (exit status {rc}); run: {' '.join(cmd[1:])}")
-    if not find_checkpoints(logs):
-        raise BrainTumorError(f"{logs}: training finished but left no checkpoint")
-    print("Training done; starting the app.", flush=True)
+    if find_releases():
+        return True
+    found = find_checkpoints(logs)
+    print(f"No released model in {models_dir()} (<name>-<sha8>.h5; it comes with the repository): "
+          + (f"the app lists the {len(found)} checkpoint(s) under {logs}" if found else
+             f"and no checkpoint under {logs}: the app has no model to read scans with"), flush=True)
+    return False
 
 
 def cli_app(args) -> int:

@@ -24,6 +24,8 @@ _HANDLERS = {
     "evaluate": "braintumor.evaluate:cli_evaluate",
     "detect": "braintumor.detect:cli_detect",
     "app": "braintumor.app:cli_app",
+    "export": "braintumor.release:cli_export",
+    "model-card": "braintumor.release:cli_model_card",
 }
 
 
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name", help="run name (overrides NAME)")
 
     ev = sub.add_parser("evaluate", help="measure a checkpoint on a split or an image folder")
-    ev.add_argument("--weights", required=True, help="checkpoint .h5 path, or 'last'")
+    ev.add_argument("--weights", help="checkpoint .h5 path, or 'last' (default: the released model in models/)")
     ev.add_argument("--config", help="preset (default: the config.toml of the checkpoint's run folder)")
     ev.add_argument("--data", help="dataset folder")
     ev.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("detect", help="detect tumors in image files (JPEG, PNG, DICOM); writes overlays and JSON")
     de.add_argument("images", nargs="+", help="image files")
-    de.add_argument("--weights", required=True, help="checkpoint .h5 path, or 'last'")
+    de.add_argument("--weights", help="checkpoint .h5 path, or 'last' (default: the released model in models/)")
     de.add_argument("--config", help="preset (default: from the checkpoint's run folder)")
     de.add_argument("--out", default="detections", help="output folder (default: detections)")
     de.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
@@ -98,7 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     ap.add_argument("--logs", default="logs", help="logs folder with checkpoints")
     ap.add_argument("--no-browser", action="store_true", help="do not open a browser window")
-    ap.add_argument("--ensure-weights", action="store_true", help="train the quick preset first when logs/ holds no checkpoint")
+    ap.add_argument("--ensure-weights", action="store_true", help="say in one line what is missing when there is no released model")
+
+    ex = sub.add_parser("export", help="write the released model (models/) from a training checkpoint, with its model card")
+    ex.add_argument("--weights", required=True, help="training checkpoint .h5 (its run's config.toml beside it), or 'last'")
+    ex.add_argument("--out", help="models folder (default: $BRAINTUMOR_MODELS or models/)")
+    ex.add_argument("--metrics", action="append", metavar="METRICS.json",
+                    help="metrics.json (or its folder) of braintumor evaluate on this checkpoint (repeatable; val first)")
+    ex.add_argument("--threshold", type=float, help="operating point (default: the run's DETECTION_MIN_CONFIDENCE)")
+    ex.add_argument("--encoding", choices=["float16", "int8"], default="float16",
+                    help="float16 (2 files, ~128 MB for ResNet-101) or per-channel int8 (1 file, ~65 MB)")
+    ex.add_argument("--replace", action="store_true", help="replace the release already in the models folder")
+    ex.add_argument("--config", help="preset for a checkpoint without config.toml beside it")
+    ex.add_argument("--data", help="dataset folder: its first val images check the release against the checkpoint")
+    ex.add_argument("--equivalence-images", type=int, default=5, metavar="N", help="val images for that check (default 5)")
+    ex.add_argument("--train-command", help="the command that trained the run (for the card)")
+    ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101)")
+    ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
+    ex.add_argument("--force", action="store_true", help="keep the release even if it is not equivalent to the checkpoint")
+
+    mc = sub.add_parser("model-card", help="print the released model's card as Markdown, or write it into the README")
+    mc.add_argument("--release", help="release head file (default: the one in the models folder)")
+    mc.add_argument("--models", help="models folder (default: $BRAINTUMOR_MODELS or models/)")
+    mc.add_argument("--readme", help="README to update between the model-card markers")
     return p
 
 

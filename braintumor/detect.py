@@ -36,6 +36,7 @@ from braintumor.visualize import draw_overlay, instance_stats
 
 NO_TUMOR_TR = "Tümör bulunamadı"
 NO_TUMOR_EN = "No tumor found"
+DEMO_NO_VERDICT = "Demo model: no verdict"
 
 
 @dataclass
@@ -85,8 +86,12 @@ def filter_result(result: dict[str, Any], threshold: float) -> dict[str, np.ndar
 
 def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, Any] | None, threshold: float,
                    class_names: Sequence[str], name: str = "image", weights: str | os.PathLike | None = None,
-                   show_boxes: bool = True) -> Analysis:
-    """An :class:`Analysis` of one image from the detector's raw ``result`` for it."""
+                   show_boxes: bool = True, demo: str | None = None) -> Analysis:
+    """An :class:`Analysis` of one image from the detector's raw ``result`` for it.
+
+    ``demo``: why the model is a demo model (:func:`braintumor.release.demo_reason`), recorded in the
+    report as ``demo_model``; its "no tumor" is then no verdict.
+    """
     meta = meta or {}
     kept = filter_result(result, threshold)
     spacing = meta.get("pixel_spacing_mm")
@@ -100,6 +105,7 @@ def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, An
         "tumor_found": bool(stats),
         "num_tumors": len(stats),
         "detections": stats,
+        "demo_model": demo or None,
     }
     overlay = draw_overlay(image, kept, class_names, show_boxes=show_boxes)
     return Analysis(report=report, result=kept, image=image, overlay=overlay)
@@ -113,7 +119,7 @@ def predictor_class_names(predictor) -> list[str]:
 
 
 def analyse_image(predictor, image: np.ndarray, meta: dict[str, Any] | None, threshold: float,
-                  class_names: Sequence[str] | None = None, name: str = "image") -> Analysis:
+                  class_names: Sequence[str] | None = None, name: str = "image", demo: str | None = None) -> Analysis:
     """Run ``predictor.detect([image])`` and analyse its result (see :func:`analyse_result`).
 
     predictor: anything with ``detect(list of uint8 [H, W, 3]) -> list of result dicts``
@@ -122,12 +128,14 @@ def analyse_image(predictor, image: np.ndarray, meta: dict[str, Any] | None, thr
     result = predictor.detect([image])[0]
     return analyse_result(image, result, meta, threshold,
                           class_names if class_names is not None else predictor_class_names(predictor),
-                          name=name, weights=getattr(predictor, "weights_path", None))
+                          name=name, weights=getattr(predictor, "weights_path", None), demo=demo)
 
 
 def summary_line(report: dict[str, Any]) -> str:
     """``"img.jpg: 2 tumors (0.97, 0.88)"`` or ``"img.jpg: Tümör bulunamadı / No tumor found (threshold 0.85)"``."""
     name = report["file"]
+    if not report["tumor_found"] and report.get("demo_model"):
+        return f"{name}: {DEMO_NO_VERDICT} (nothing at threshold {report['threshold']:.2f})"
     if not report["tumor_found"]:
         return f"{name}: {NO_TUMOR_TR} / {NO_TUMOR_EN} (threshold {report['threshold']:.2f})"
     scores = ", ".join(f"{d['confidence']:.2f}" for d in report["detections"])
@@ -182,7 +190,9 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
 
 
 def cli_detect(args) -> int:
-    """``braintumor detect IMAGE... --weights PATH|last [--config] [--out DIR] [--min-confidence X] [--logs]``.
+    """``braintumor detect IMAGE... [--weights PATH|last] [--config] [--out DIR] [--min-confidence X] [--logs]``.
+
+    Without ``--weights``: the released model (``models/``).
 
     Writes ``<stem>_overlay.png`` and ``<stem>.json`` per image into ``--out`` and
     prints one summary line per image. Unreadable inputs get one line on stderr
@@ -203,6 +213,11 @@ def cli_detect(args) -> int:
     except OSError as e:
         raise BrainTumorError(f"{out}: cannot create output folder ({e.strerror or e})") from None
     print(f"weights: {predictor.weights_path}  threshold: {threshold:.2f}  output: {out}", flush=True)
+    demo = getattr(predictor, "demo", None)
+    if demo:
+        from braintumor.release import DEMO_WARNING
+
+        print(f"warning: {DEMO_WARNING} ({demo}); no 'no tumor' verdicts", file=sys.stderr, flush=True)
 
     failed = 0
     loaded = False
@@ -223,7 +238,7 @@ def cli_detect(args) -> int:
                 raise BrainTumorError(f"{predictor.weights_path}: cannot load checkpoint ({first})") from None
             loaded = True
         try:
-            analysis = analyse_image(predictor, image, meta, threshold, class_names, name=name)
+            analysis = analyse_image(predictor, image, meta, threshold, class_names, name=name, demo=demo)
             write_atomic(out / f"{stem}_overlay.png", encode_png(analysis.overlay))
             write_atomic(out / f"{stem}.json", report_json(analysis.report).encode("utf-8"))
         except BrainTumorError as e:

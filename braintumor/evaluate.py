@@ -486,6 +486,12 @@ def _configured_threshold(config_arg: str | None, weights_path) -> float:
     return float(DEFAULTS["DETECTION_MIN_CONFIDENCE"])
 
 
+def _is_release(path) -> bool:
+    from braintumor.release import is_release
+
+    return is_release(path)
+
+
 def cli_evaluate(args) -> int:
     """``braintumor evaluate``: metrics of a checkpoint on a split (or an image folder), written as a report."""
     from braintumor.data import load_image_folder, load_split
@@ -533,6 +539,8 @@ def cli_evaluate(args) -> int:
         predictor = SourceSizePredictor(predictor, source_size)
     if args.out:
         out_dir = Path(args.out)
+    elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
+        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else ""))
     else:
         out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else ""))
 

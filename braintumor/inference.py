@@ -52,8 +52,13 @@ def find_checkpoints(logs: str | Path = "logs") -> list[Path]:
     return out
 
 
-def resolve_weights(weights: str | Path, logs: str | Path = "logs") -> Path:
-    """``"last"`` -> the newest checkpoint under ``logs``; a path -> itself, checked to exist."""
+def resolve_weights(weights: str | Path | None, logs: str | Path = "logs") -> Path:
+    """None -> the released model (``models/``); ``"last"`` -> the newest checkpoint under ``logs``;
+    a path -> itself, checked to exist."""
+    if weights is None or str(weights) in ("", "release"):
+        from braintumor.release import default_release
+
+        return default_release()
     if str(weights) == "last":
         found = find_checkpoints(logs)
         if not found:
@@ -70,6 +75,10 @@ def config_for_checkpoint(weights_path: Path, config: str | Path | None = None, 
     """The run's ``config.toml`` beside the checkpoint, or ``config`` (a preset) when given."""
     if config is not None:
         return Config.from_toml(resolve_preset(config), **overrides)
+    from braintumor.release import is_release, open_release
+
+    if is_release(weights_path):  # a release carries its config (verified with the file)
+        return open_release(weights_path).config(**overrides)
     beside = Path(weights_path).parent / "config.toml"
     if not beside.is_file():
         raise BrainTumorError(f"{weights_path}: no config.toml beside the checkpoint; pass --config PRESET")
@@ -92,6 +101,7 @@ class Predictor:
         self.config = config
         self.threshold = float(threshold)
         self.class_names = list(config.CLASS_NAMES)
+        self.demo: str | None = None  # why this is a demo model (braintumor.release.demo_reason), or None
         self._model = None
         self._lock = threading.Lock()
         self.load_report = None
@@ -106,8 +116,13 @@ class Predictor:
             if self._model is None:
                 from braintumor.mrcnn import MaskRCNN
 
+                from braintumor.release import is_release, load_release_weights
+
                 model = MaskRCNN(mode="inference", config=self.config, model_dir=str(self.weights_path.parent.parent))
-                self.load_report = model.load_weights(str(self.weights_path), by_name=True)
+                if is_release(self.weights_path):  # verified again: the file may have changed since
+                    self.load_report = load_release_weights(model.keras_model, self.weights_path)
+                else:
+                    self.load_report = model.load_weights(str(self.weights_path), by_name=True)
                 self._model = model
         return self._model
 
@@ -116,9 +131,9 @@ class Predictor:
         return [model.detect([img])[0] for img in images]
 
 
-def load_predictor(weights: str | Path, config: str | Path | None = None, logs: str | Path = "logs",
+def load_predictor(weights: str | Path | None, config: str | Path | None = None, logs: str | Path = "logs",
                    min_confidence: float | None = None) -> Predictor:
-    """A :class:`Predictor` for ``weights`` (``"last"`` or a path); the model loads on first use.
+    """A :class:`Predictor` for ``weights`` (None: the release, ``"last"`` or a path); the model loads on first use.
 
     ``min_confidence`` sets the model's detection floor (``DETECTION_MIN_CONFIDENCE``)
     so that callers can see scores below the run's operating point, e.g. for curves.
@@ -128,4 +143,8 @@ def load_predictor(weights: str | Path, config: str | Path | None = None, logs: 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
-    return Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)
+    from braintumor.release import demo_reason
+
+    predictor = Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)
+    predictor.demo = demo_reason(path, base)
+    return predictor

@@ -55,9 +55,10 @@ TEXT: dict[str, dict[str, str]] = {
         "processing": "İşleniyor ({i}/{n}): {name}…",
         "done": "{n} dosya işlendi ({failed} hatalı). Eşik: {t:.2f}",
         "no_files": "Önce bir MR görüntüsü yükleyiniz.",
-        "no_ckpt": "{logs} klasöründe model ağırlığı (.h5) bulunamadı. Bir tane edinmek için "
-                   "<code>braintumor train --config mrcnn_config/quick.toml</code> komutuyla eğitin "
-                   "(ya da <code>braintumor app --ensure-weights</code> ile başlatın) veya 2022 projesinin "
+        "no_ckpt": "Yayımlanmış model (<code>models/</code>) yok ve {logs} klasöründe model ağırlığı (.h5) "
+                   "bulunamadı. Projenin kaynak kopyasını yeniden alın (yayımlanmış model onunla gelir) ya da "
+                   "<code>braintumor train --config mrcnn_config/resnet101.toml</code> komutuyla eğitin "
+                   "(<code>mrcnn_config/quick.toml</code> yalnızca bir demo model verir) veya 2022 projesinin "
                    "yayımlanmış .h5 dosyasını <code>{logs}/&lt;ad&gt;&lt;YYYYMMDDTHHMM&gt;/</code> içine "
                    "<code>config.toml</code> ile birlikte koyup <b>Modelleri yenile</b>'ye basın.",
         "load_failed": "Model yüklenemedi: {msg}",
@@ -75,6 +76,8 @@ TEXT: dict[str, dict[str, str]] = {
         "no_spacing": "mm değerleri için piksel aralığı gerekir (DICOM PixelSpacing); bu dosyada yok.",
         "download_png": "Görüntüyü indir (PNG)",
         "download_json": "Raporu indir (JSON)",
+        "demo_banner": "Demo model: tarama okumak için eğitilmedi",
+        "demo_no_verdict": "Demo model: karar yok",
     },
     "en": {
         "title": "BRAIN TUMOR DECISION SUPPORT SYSTEM",
@@ -90,9 +93,10 @@ TEXT: dict[str, dict[str, str]] = {
         "processing": "Processing ({i}/{n}): {name}…",
         "done": "{n} file(s) processed ({failed} failed). Threshold: {t:.2f}",
         "no_files": "Upload an MR image first.",
-        "no_ckpt": "No model weights (.h5) found in {logs}. To get one, train with "
-                   "<code>braintumor train --config mrcnn_config/quick.toml</code> "
-                   "(or start with <code>braintumor app --ensure-weights</code>), or put the 2022 project's "
+        "no_ckpt": "No released model (<code>models/</code>) and no model weights (.h5) in {logs}. Get a fresh "
+                   "copy of the project (the released model comes with it), or train with "
+                   "<code>braintumor train --config mrcnn_config/resnet101.toml</code> "
+                   "(<code>mrcnn_config/quick.toml</code> only gives a demo model), or put the 2022 project's "
                    "published .h5 with a <code>config.toml</code> into "
                    "<code>{logs}/&lt;name&gt;&lt;YYYYMMDDTHHMM&gt;/</code> and press <b>Refresh models</b>.",
         "load_failed": "The model could not be loaded: {msg}",
@@ -110,6 +114,8 @@ TEXT: dict[str, dict[str, str]] = {
         "no_spacing": "mm values need the pixel spacing (DICOM PixelSpacing); this file has none.",
         "download_png": "Download image (PNG)",
         "download_json": "Download report (JSON)",
+        "demo_banner": "Demo model: not trained for reading scans",
+        "demo_no_verdict": "Demo model: no verdict",
     },
 }
 FOOTER = ("Bu yazılım bir araştırma aracıdır, tıbbi cihaz değildir; tanı için kullanılamaz. "
@@ -159,9 +165,21 @@ def normalise_upload(value: Any) -> list[UploadedFile]:
 
 # ----------------------------------------------------------------------------- helpers
 def _default_finder(logs_dir):
+    """The released model (``models/``, see :mod:`braintumor.release`), then the checkpoints under ``logs_dir``."""
     from braintumor.inference import find_checkpoints
+    from braintumor.release import find_releases
 
-    return find_checkpoints(logs_dir)
+    return find_releases() + find_checkpoints(logs_dir)
+
+
+def _demo_reason(ckpt: str | os.PathLike, config: str | os.PathLike | None = None) -> str | None:
+    """Why ``ckpt`` is a demo model (:func:`braintumor.release.demo_reason`), or None."""
+    from braintumor.release import demo_reason
+
+    try:
+        return demo_reason(ckpt, config)
+    except Exception as e:  # an unreadable run folder: better a demo banner than a confident verdict
+        return f"cannot tell how long it trained ({_one_line(e)})"
 
 
 def _default_threshold(ckpt: str | os.PathLike, config: str | os.PathLike | None = None) -> float:
@@ -232,11 +250,14 @@ class TumorApp:
         self._status: tuple[str, dict, str] | None = None
         self._busy = False
         self._refreshing = False
+        self._demo: dict[str, str | None] = {}
 
         self.title = W.HTML()
         self.lang_toggle = W.ToggleButtons(options=[("TR", "tr"), ("EN", "en")], value=self.lang,
                                            style={"button_width": "48px"})
         self.prompt = W.HTML()
+        self.banner = W.HTML()
+        self.banner.add_class("bt-banner")
         self.upload = W.FileUpload(accept=ACCEPT, multiple=True, layout=W.Layout(width="auto"))
         self.checkpoint = W.Dropdown(options=[], layout=W.Layout(width="auto", min_width="360px"))
         self.refresh_button = W.Button(icon="refresh", layout=W.Layout(width="auto"))
@@ -260,6 +281,7 @@ class TumorApp:
         self.widget = W.VBox([
             W.HBox([self.title, self.lang_toggle], layout=W.Layout(justify_content="space-between", align_items="center")),
             self.prompt,
+            self.banner,
             W.HBox([self.upload, self.button], layout=W.Layout(align_items="center", flex_flow="row wrap")),
             W.HBox([self.checkpoint, self.refresh_button], layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.threshold,
@@ -307,6 +329,8 @@ class TumorApp:
             self.lang_toggle.value = lang  # observer calls back here; harmless
         self._relabel()
         self._render_status()
+        self.refresh_checkpoints()  # relabels the released model's entry
+        self._render_banner()
         self.results.children = tuple(self._render_record(r) for r in self._records)
 
     # ------------------------------------------------------------------ checkpoints
@@ -316,12 +340,20 @@ class TumorApp:
             found = [Path(p) for p in self.checkpoint_finder(self.logs_dir)]
         except Exception:
             found = []
-        found = self.extra_checkpoints + [p for p in found if p not in self.extra_checkpoints]
+        from braintumor.release import named_like_release, release_label
+
+        releases = [p for p in found if named_like_release(p)]
+        found = releases + self.extra_checkpoints + [p for p in found if p not in self.extra_checkpoints + releases]
         options = []
         for p in found:
-            label = f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+            if p in releases:
+                label = release_label(p, self.lang)
+            else:
+                label = f"{p.parent.name}/{p.name}" if p.parent.name else p.name
             options.append((label, str(p)))
-        current = self.checkpoint.value
+        current = previous = self.checkpoint.value
+        if current is None and self.extra_checkpoints:  # first fill: the weights asked for are preselected
+            current = str(self.extra_checkpoints[0]) if str(self.extra_checkpoints[0]) in (v for _, v in options) else None
         self._refreshing = True  # setting options moves the value on the way: no slider reset for that
         try:
             self.checkpoint.options = options
@@ -331,18 +363,39 @@ class TumorApp:
         finally:
             self._refreshing = False
         if options:
-            if keep != current:
+            if keep != previous:
                 self._on_checkpoint({"new": keep})
             if self._status and self._status[0] == "no_ckpt":
                 self._set_status(None)
         else:
             self._set_status("no_ckpt", "warn", logs=html.escape(str(self.logs_dir)))
+        self._render_banner()
         return found
+
+    def demo_reason(self, ckpt: str | None = None) -> str | None:
+        """Why the checkpoint ``ckpt`` (default: the selected one) is a demo model, or None (cached)."""
+        ckpt = ckpt or self.checkpoint.value
+        if not ckpt:
+            return None
+        if ckpt not in self._demo:
+            pred = self._predictors.get(ckpt)
+            self._demo[ckpt] = pred.demo if hasattr(pred, "demo") else _demo_reason(ckpt, self.config)
+        return self._demo[ckpt]
+
+    def _render_banner(self) -> None:
+        reason = self.demo_reason()
+        if not reason:
+            self.banner.value = ""
+            return
+        self.banner.value = (f'<div class="bt-demo-banner" style="background:#b00020;color:#fff;padding:6px 10px;'
+                             f'margin:4px 0;font-weight:bold">⚠ {html.escape(self.t("demo_banner"))}'
+                             f'<span style="font-weight:normal;font-size:12px"> ({html.escape(reason)})</span></div>')
 
     def _on_checkpoint(self, change) -> None:
         if change.get("new") and not self._refreshing:
             t = _default_threshold(change["new"], self.config)
             self.threshold.value = min(max(t, self.threshold.min), self.threshold.max)
+            self._render_banner()
 
     def _predictor_for(self, ckpt: str):
         """The predictor of ``ckpt``, built and loaded on first use (status shows it), then cached."""
@@ -417,7 +470,8 @@ class TumorApp:
             else:
                 self._results.move_to_end(key)
             analysis = analyse_result(cached["image"], cached["raw"], cached["meta"], threshold, class_names,
-                                      name=f.name, weights=getattr(predictor, "weights_path", ckpt))
+                                      name=f.name, weights=getattr(predictor, "weights_path", ckpt),
+                                      demo=self.demo_reason(ckpt))
             return _Record(name=f.name, analysis=analysis)
         except BrainTumorError as e:
             return _Record(name=f.name, error=_one_line(e))
@@ -440,6 +494,9 @@ class TumorApp:
         if rep["tumor_found"]:
             verdict = (f'<span class="bt-found" style="color:#b00020;font-weight:bold">'
                        f'{self.t("found", n=rep["num_tumors"])}</span>')
+        elif rep.get("demo_model"):  # a demo model never says "no tumor"
+            verdict = (f'<span class="bt-demo-no-verdict" style="color:#b00020;font-weight:bold">'
+                       f'{self.t("demo_no_verdict")}</span>')
         else:
             verdict = f'<span class="bt-no-tumor" style="color:#1b5e20;font-weight:bold">{self.t("no_tumor")}</span>'
         header = W.HTML(f'<h3 style="margin:12px 0 4px 0">{name}</h3><div>{verdict} ({t_used})</div>')

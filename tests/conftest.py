@@ -30,6 +30,12 @@ def _need(path, what):
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_real_release(tmp_path_factory, monkeypatch):
+    """Tests see an empty models folder ($BRAINTUMOR_MODELS), not the repository's release, unless they set their own."""
+    monkeypatch.setenv("BRAINTUMOR_MODELS", str(tmp_path_factory.mktemp("models")))
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The real brain_tumor_data folder (train/ and val/ with annotations.json)."""

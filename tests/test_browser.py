@@ -112,47 +112,21 @@ def test_cli_app_runs_voila_with_the_logs_folder(tmp_path, monkeypatch):
         app_mod.cli_app(SimpleNamespace(**{**vars(args), "port": 70000}))
 
 
-def test_ensure_weights_trains_the_quick_preset_only_when_needed(tmp_path, monkeypatch, capsys):
+def test_ensure_weights_never_trains_and_says_what_is_missing(tmp_path, monkeypatch, capsys):
     import braintumor.inference as inference
 
-    found: list = []
-    calls = []
-    monkeypatch.setattr(inference, "find_checkpoints", lambda logs: list(found))
-
-    def call(cmd, cwd=None, env=None):
-        calls.append(cmd)
-        found.append(Path(logs) / "quick20240101T0000" / "mask_rcnn_quick_0002.h5")
-        return 0
-
-    monkeypatch.setattr(app_mod.subprocess, "call", call)
-    logs = tmp_path / "logs"
-    data = tmp_path / "brain_tumor_data"
-    data.mkdir()
-    monkeypatch.setenv("BRAIN_TUMOR_DATA", str(data))
-    app_mod.ensure_weights(logs)
-    assert len(calls) == 1
-    assert calls[0][1:5] == ["-m", "braintumor", "train", "--config"]
-    assert calls[0][5].endswith("quick.toml") and calls[0][6:] == ["--logs", str(logs), "--data", str(data)]
-    assert "training the quick preset" in capsys.readouterr().out
-    app_mod.ensure_weights(logs)
-    assert len(calls) == 1, "a checkpoint exists now: no second training"
-    found.clear()
-    monkeypatch.setattr(app_mod.subprocess, "call", lambda cmd, cwd=None, env=None: 3)
-    with pytest.raises(BrainTumorError, match="exit status 3"):
-        app_mod.ensure_weights(logs)
-
-
-def test_ensure_weights_fetches_the_data_first_and_says_so_when_it_cannot(tmp_path, monkeypatch, capsys):
-    import braintumor.inference as inference
-
+    monkeypatch.setattr(app_mod.subprocess, "call", lambda *a, **k: pytest.fail("--ensure-weights must not train"))
+    monkeypatch.setenv("BRAINTUMOR_MODELS", str(tmp_path / "models"))
     monkeypatch.setattr(inference, "find_checkpoints", lambda logs: [])
-    monkeypatch.setenv("BRAIN_TUMOR_DATA", str(tmp_path / "nowhere" / "brain_tumor_data"))
-    calls = []
-    monkeypatch.setattr(app_mod.subprocess, "call", lambda cmd, cwd=None, env=None: calls.append(cmd) or 2)
-    with pytest.raises(BrainTumorError, match="no dataset to train a first checkpoint on"):
-        app_mod.ensure_weights(tmp_path / "logs")
-    assert calls[0][1:4] == ["-m", "braintumor", "fetch-data"] and len(calls) == 1
-    assert "downloading it first" in capsys.readouterr().out
+    assert app_mod.ensure_weights(tmp_path / "logs") is False
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "No released model in" in line and str(tmp_path / "models") in line and "no checkpoint" in line
+    monkeypatch.setattr(inference, "find_checkpoints", lambda logs: [Path(logs) / "q20240101T0000" / "mask_rcnn_q_0001.h5"])
+    assert app_mod.ensure_weights(tmp_path / "logs") is False
+    assert "lists the 1 checkpoint(s)" in capsys.readouterr().out
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tumor-resnet101-0123abcd.h5").write_bytes(b"x")
+    assert app_mod.ensure_weights(tmp_path / "logs") is True and capsys.readouterr().out == ""
 
 
 # ----------------------------------------------------------------------------- slow: the real thing
@@ -280,7 +254,7 @@ def test_a_big_dicom_upload_goes_through(server, tmp_path):
             if "tümör bulundu" in result:
                 assert "Alan (mm²)" in result, "DICOM PixelSpacing gives areas in mm²"
             else:
-                assert "Tümör bulunamadı" in result
+                assert "Demo model: karar yok" in result and "Tümör bulunamadı" not in result
         finally:
             browser.close()
 
@@ -308,7 +282,9 @@ def test_upload_detect_and_bad_file_in_the_browser(server, tmp_path):
             assert width == 2 * 256 + 8, "original and overlay side by side"
             result = page.inner_text(".bt-result")
             assert "scan.png" in result and "eşik 0.30" in result  # the tiny run's DETECTION_MIN_CONFIDENCE
-            assert ("tümör bulundu" in result) != ("Tümör bulunamadı" in result)
+            assert "Demo model" in page.inner_text(".bt-app"), "an untrained checkpoint is labelled a demo model"
+            assert "Tümör bulunamadı" not in result
+            assert ("tümör bulundu" in result) != ("Demo model: karar yok" in result)
             if "tümör bulundu" in result:
                 assert page.locator(".bt-stats").count() == 1 and "Güven" in result
             assert page.locator(".bt-downloads a[download='scan_overlay.png']").count() == 1

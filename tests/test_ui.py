@@ -76,7 +76,8 @@ def v7(*files):
 def ckpt(tmp_path):
     run = tmp_path / "logs" / "tumor20240102T0304"
     run.mkdir(parents=True)
-    Config({"DETECTION_MIN_CONFIDENCE": 0.6}).save(run / "config.toml")
+    # 3 epochs x 500 steps: trained enough to read scans (MIN_STEPS_FOR_READING 1000), so verdicts are given
+    Config({"DETECTION_MIN_CONFIDENCE": 0.6, "STEPS_PER_EPOCH": 500}).save(run / "config.toml")
     p = run / "mask_rcnn_tumor_0003.h5"
     p.write_bytes(b"")
     return p
@@ -253,7 +254,7 @@ def test_no_checkpoint_explains_how_to_get_one(tmp_path):
     calls = []
     app = build_app(logs_dir=tmp_path / "empty", predictor_factory=lambda p: calls.append(p),
                     checkpoint_finder=lambda logs: [])
-    assert "braintumor train --config mrcnn_config/quick.toml" in app.status.value
+    assert "braintumor train --config mrcnn_config/resnet101.toml" in app.status.value and "models/" in app.status.value
     assert app.run_detection(upload_value=v8(("a.png", png_bytes()))) == []
     assert calls == [] and "quick.toml" in app.status.value
 

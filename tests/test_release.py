@@ -1,0 +1,402 @@
+"""The released model (braintumor.release): export, checksums, equivalence, the card, demo models, defaults.
+
+One tiny checkpoint (ResNet-50, 128 px, heads biased so that it detects) is
+exported once per module into a temporary models folder ($BRAINTUMOR_MODELS);
+the tests read that release. No training: a few seconds of model building.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from braintumor import release as R
+from braintumor.cli import main
+from braintumor.errors import BrainTumorError
+from mrcnn_testutil import blob_image, tiny_config
+
+THRESHOLD = 0.8
+SIZE = 128
+
+
+def _decisive(model) -> None:
+    """Bias the heads of a freshly built model so that it detects (scores 0.75-0.95, masks of a fair size)."""
+    for v in model.keras_model.weights:
+        a = v.numpy()
+        if v.path.startswith("mrcnn_class_logits/"):
+            v.assign((a * 3 + (np.array([0.0, 1.0]) if v.path.endswith("bias") else 0)).astype(np.float32))
+        elif v.path.startswith("mrcnn_mask/"):
+            v.assign((a * 3 + (0.3 if v.path.endswith("bias") else 0)).astype(np.float32))
+
+
+def _scan(i: int) -> tuple[np.ndarray, np.ndarray]:
+    return blob_image(SIZE, SIZE, [(20 + 5 * i, 30, 60 + 5 * i, 80)], seed=i)
+
+
+def _write_via_val(root: Path, n: int = 3) -> Path:
+    """``root/val``: n synthetic scans with one rectangle-polygon tumor each (VIA 2 annotations)."""
+    d = root / "val"
+    d.mkdir(parents=True)
+    doc = {}
+    for i in range(n):
+        img, _ = _scan(i)
+        Image.fromarray(img).save(d / f"{i}.png")
+        xs, ys = [30, 80, 80, 30], [20 + 5 * i, 20 + 5 * i, 60 + 5 * i, 60 + 5 * i]
+        doc[f"{i}.png1"] = {"filename": f"{i}.png", "size": 1, "file_attributes": {},
+                            "regions": [{"shape_attributes": {"name": "polygon", "all_points_x": xs, "all_points_y": ys},
+                                         "region_attributes": {}}]}
+    (d / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def _metrics(path: Path, dice: float) -> Path:
+    doc = {"kind": "split", "threshold": THRESHOLD, "weights": "x.h5",
+           "dataset": {"label": "val", "n_images": 61, "n_extra_tumor_free_images": 204},
+           "segmentation": {"dice_mean": dice}, "coco": {"segm": {"map50": 0.8, "map": 0.4}, "bbox": {"map50": 0.79, "map": 0.38}},
+           "instances": {"precision": 0.9, "recall": 0.7, "fp_per_image": 0.05},
+           "image_level": {"sensitivity_any": 0.951, "sensitivity_overlap": 0.93, "specificity": 0.5},
+           "tumor_free": {"n_images": 204, "fp_per_image": 0.6},
+           "operating_point": {"threshold": THRESHOLD, "sensitivity": 0.951, "specificity": 0.5}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive: bool = True) -> Path:
+    """A run folder with config.toml, history.csv and ``mask_rcnn_<name>_<epoch>.h5``; returns the checkpoint."""
+    import keras
+
+    from braintumor.mrcnn import MaskRCNN
+
+    keras.utils.set_random_seed(1)
+    cfg = tiny_config(NAME=name, IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, DETECTION_MIN_CONFIDENCE=THRESHOLD,
+                      STEPS_PER_EPOCH=steps_per_epoch)
+    run = logs / f"{name}20240101T0000"
+    run.mkdir(parents=True)
+    cfg.save(run / "config.toml")
+    model = MaskRCNN("inference", cfg, model_dir=logs)
+    if decisive:
+        _decisive(model)
+    ckpt = run / f"mask_rcnn_{name}_{epoch:04d}.h5"
+    model.save_weights(ckpt, epoch=epoch)
+    rows = "".join(f"{e},1.0,0.9,{10 + e}\n" for e in range(1, epoch + 1))
+    (run / "history.csv").write_text("epoch,loss,val_loss,epoch_seconds\n" + rows)
+    (run / "data.json").write_text(json.dumps({"train": [{"name": "brain_tumor_data", "images": 202, "per_pass": None},
+                                                         {"name": "tumor_free", "images": 529, "per_pass": 50}],
+                                               "val": {"images": 61}, "tumor_free_held_out": {"images": 204}}))
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    ckpt = _make_run(root / "logs", "tiny", epoch=2, steps_per_epoch=600)
+    data = _write_via_val(root / "data")
+    models = root / "models"
+    metrics = _metrics(root / "eval" / "metrics.json", dice=0.61)
+    card = R.export(ckpt, out=models, metrics=[str(metrics)], data=str(data), equivalence_images=3,
+                    command="braintumor train --config tiny.toml", log=lambda *a: None)
+    head = R.find_releases(models)[0]
+    return {"root": root, "ckpt": ckpt, "models": models, "card": card, "head": head, "data": data, "metrics": metrics}
+
+
+@pytest.fixture
+def release_env(exported, monkeypatch):
+    monkeypatch.setenv("BRAINTUMOR_MODELS", str(exported["models"]))
+    return exported
+
+
+# ----------------------------------------------------------------------------- the files
+def test_release_files_names_and_checksums(exported):
+    head, card = exported["head"], exported["card"]
+    files = R.release_files(head)
+    assert [p.name for p in files] == [head.name, R.card_path(head).name], "a tiny model fits one file"
+    digest = R.sha256_file(head)
+    assert head.name == f"tiny-resnet50-{digest[:8]}.h5"
+    (entry,) = [f for f in card["files"] if f["role"] == "head"]
+    assert entry["sha256"] == digest and entry["bytes"] == head.stat().st_size
+    assert json.loads(R.card_path(head).read_text()) == json.loads(json.dumps(card))
+    assert head.stat().st_size < 0.6 * exported["ckpt"].stat().st_size, "float16 halves the float32 checkpoint"
+
+
+def test_card_has_what_the_issue_asks_for(exported):
+    card = exported["card"]
+    for key in ("name", "architecture", "operating_point", "training", "val", "evaluations", "licences", "files",
+                "equivalence", "export_commit", "storage"):
+        assert key in card, key
+    assert card["architecture"]["backbone"] == "resnet50" and card["architecture"]["class_names"] == ["BG", "tumor"]
+    assert card["operating_point"]["threshold"] == THRESHOLD
+    t = card["training"]
+    assert t["steps"] == 1200 and t["epoch"] == 2 and t["wall_seconds"] == 23.0
+    assert t["command"] == "braintumor train --config tiny.toml" and t["run_folder"] == "tiny20240101T0000"
+    v = card["val"]
+    assert v["dice_mean"] == 0.61 and v["mask_map50"] == 0.8 and v["box_map"] == 0.38
+    assert v["sensitivity"] == 0.951 and v["specificity"] == 0.5 and v["fp_per_image"] == 0.05
+    licences = " ".join(x["licence"] + x["source"] for x in card["licences"])
+    assert "CC BY 4.0" in licences and "10.6084/m9.figshare.1512427" in licences and "rastislavkopal" in licences
+    md = R.render_card_markdown(card)
+    assert card["files"][0]["sha256"] in md and "0.610" in md and "CC BY 4.0" in md
+    assert t["data"]["val"]["images"] == 61
+    assert "brain_tumor_data 202 images, tumor_free 529 images (50 per pass); val 61 images; held-out tumor-free slices 204" in md
+
+
+def test_embedded_config_and_threshold(exported):
+    rel = R.open_release(exported["head"])
+    cfg = rel.config()
+    assert cfg.NAME == "tiny" and cfg.BACKBONE == "resnet50" and cfg.DETECTION_MIN_CONFIDENCE == THRESHOLD
+    assert rel.threshold == THRESHOLD and rel.encoding == "float16"
+    assert json.loads(rel.meta["class_names.json"]) == ["BG", "tumor"]
+    assert "STEPS_PER_EPOCH = 600" in rel.meta["run_config.toml"]
+
+
+def test_released_model_detects_like_the_float32_checkpoint(exported):
+    """Synthetic scans: same decisions, boxes within 1 px, masks within Dice 0.005 of the checkpoint's."""
+    from braintumor.mrcnn import MaskRCNN
+
+    cfg = R.open_release(exported["head"]).config(DETECTION_MIN_CONFIDENCE=R.EQUIVALENCE_FLOOR)
+    f32 = MaskRCNN("inference", cfg, model_dir=exported["root"])
+    assert f32.load_weights(str(exported["ckpt"])).complete
+    rel = R.load_release(exported["head"], DETECTION_MIN_CONFIDENCE=R.EQUIVALENCE_FLOOR)
+    samples = [(f"s{i}", _scan(i)[0], _scan(i)[1], None) for i in range(4)]
+    ref, got = R.records_for(f32, samples, THRESHOLD), R.records_for(rel, samples, THRESHOLD)
+    assert all(r["decision"] for r in ref), "the test model must detect something to compare"
+    cmp = R.compare_records(ref, got)
+    assert cmp["equivalent"] and cmp["decisions_identical"], cmp
+    assert cmp["max_box_diff_px"] <= 1 and cmp["min_mask_dice_between_models"] > 0.995
+
+
+def test_export_recorded_the_equivalence_check(exported):
+    eq = exported["card"]["equivalence"]
+    assert eq["checked"] and eq["n_images"] == 3 and eq["equivalent"] and eq["decisions_identical"]
+    assert [r["file"] for r in eq["reference"]] == ["0.png", "1.png", "2.png"]
+    assert all(r["image_sha256"] and "dice_gt" in r for r in eq["reference"])
+    assert 0 < eq["max_abs_weight_error"] < 1e-2
+
+
+def test_tensors_decode_to_the_recorded_float32_statistics(exported):
+    """What the CI test of the real release does: every restored tensor matches its float32 norm and sum."""
+    rel = R.open_release(exported["head"])
+    stats, tensors = rel.tensor_stats(), R.read_tensors(rel)
+    assert set(stats) == set(tensors) and len(tensors) > 100
+    for key, s in stats.items():
+        t = tensors[key].astype(np.float64)
+        assert list(t.shape) == s["shape"]
+        bound = s["max_abs_error"] * np.sqrt(t.size) + 1e-6
+        assert abs(np.linalg.norm(t) - s["l2"]) <= bound, key
+        assert abs(t.sum() - s["sum"]) <= s["max_abs_error"] * t.size + 1e-5, key
+
+
+# ----------------------------------------------------------------------------- damaged files
+@pytest.mark.parametrize("damage", ["truncate", "flip", "rename", "empty"])
+def test_damaged_release_is_refused_in_one_line_naming_the_file(exported, tmp_path, damage):
+    d = tmp_path / "models"
+    d.mkdir()
+    for p in R.release_files(exported["head"]):
+        shutil.copy(p, d / p.name)
+    head = d / exported["head"].name
+    data = head.read_bytes()
+    if damage == "truncate":
+        head.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        pos = len(data) // 2
+        head.write_bytes(data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:])
+    elif damage == "rename":  # another file under the release's name, no card
+        R.card_path(head).unlink()
+        head.write_bytes(exported["ckpt"].read_bytes())
+    else:
+        head.write_bytes(b"")
+    with pytest.raises(BrainTumorError) as e:
+        R.open_release(head)
+    msg = str(e.value)
+    assert str(head) in msg and "\n" not in msg
+    assert ("truncated" in msg) or ("damaged" in msg)
+
+
+def test_missing_shard_and_cli_error_are_one_line(exported, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(R, "SHARD_TARGET_BYTES", 10_000_000)  # force several shards
+    from braintumor.mrcnn import MaskRCNN
+
+    model = MaskRCNN("inference", R.open_release(exported["head"]).config(), model_dir=tmp_path)
+    files = R.write_release(model.keras_model, tmp_path / "m", "tiny-resnet50", "float16",
+                            {"config.toml": R.open_release(exported["head"]).meta["config.toml"]})
+    assert len(files) > 2 and all(f.stat().st_size < 11_000_000 for f in files)
+    assert R.load_release_weights(model.keras_model, files[0]).loaded
+    files[2].unlink()
+    with pytest.raises(BrainTumorError, match="release file missing") as e:
+        R.open_release(files[0])
+    assert str(files[2]) in str(e.value)
+    img = tmp_path / "a.png"
+    Image.fromarray(_scan(0)[0]).save(img)
+    assert main(["detect", str(img), "--weights", str(files[0]), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(files[2]) in err[0]
+
+
+# ----------------------------------------------------------------------------- one release at a time
+def test_export_refuses_to_replace_without_replace_then_replaces(exported, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(exported["models"], models)
+    old = R.find_releases(models)[0]
+    with pytest.raises(BrainTumorError) as e:
+        R.export(exported["ckpt"], out=models, log=lambda *a: None, equivalence_images=0)
+    assert old.name in str(e.value) and "0.61" in str(e.value) and "--replace" in str(e.value)
+    better = _metrics(tmp_path / "m2" / "metrics.json", dice=0.7)
+    card = R.export(exported["ckpt"], out=models, metrics=[str(better)], replace=True, encoding="int8",
+                    equivalence_images=0, log=lambda *a: None)
+    (new,) = R.find_releases(models)
+    assert new != old and not old.exists() and not R.card_path(old).exists()
+    assert card["replaces"]["file"] == old.name and card["replaces"]["better_on_val"] is True
+    assert card["replaces"]["val_dice"] == 0.61 and card["storage"]["encoding"] == "int8"
+    assert sorted(p.name for p in models.iterdir()) == sorted([new.name, R.card_path(new).name])
+
+
+def test_readme_section_between_markers(exported, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{R.CARD_START}\nold text\n{R.CARD_END}\nafter\n")
+    R.update_readme(readme, exported["card"])
+    text = readme.read_text()
+    assert "old text" not in text and "before" in text and "after" in text
+    assert exported["card"]["files"][0]["sha256"] in text
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(BrainTumorError, match="markers"):
+        R.update_readme(tmp_path / "plain.md", exported["card"])
+
+
+def test_model_card_command_prints_or_writes(release_env, tmp_path, capsys):
+    assert main(["model-card"]) == 0
+    assert "Released model: `tiny-resnet50`" in capsys.readouterr().out
+    readme = tmp_path / "R.md"
+    readme.write_text(f"{R.CARD_START}\n{R.CARD_END}\n")
+    assert main(["model-card", "--readme", str(readme)]) == 0
+    assert "tiny-resnet50" in readme.read_text()
+
+
+# ----------------------------------------------------------------------------- the default everywhere
+def test_detect_without_weights_uses_the_release(release_env, tmp_path, capsys):
+    img = tmp_path / "scan.png"
+    Image.fromarray(_scan(1)[0]).save(img)
+    out = tmp_path / "o"
+    assert main(["detect", str(img), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert release_env["head"].name in cap.out and "threshold: 0.80" in cap.out and "Demo model" not in cap.err
+    rep = json.loads((out / "scan.json").read_text())
+    assert rep["weights"].endswith(release_env["head"].name) and rep["demo_model"] is None
+    ref = release_env["card"]["equivalence"]["reference"][1]  # the same picture as val 1.png
+    assert rep["tumor_found"] == ref["decision"] and rep["num_tumors"] == len(ref["boxes"])
+
+
+def test_evaluate_without_weights_uses_the_release_and_writes_outside_models(release_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--data", str(release_env["data"]), "--split", "val"]) == 0
+    out = tmp_path / "out" / f"eval_{release_env['head'].stem}_val" / "metrics.json"
+    metrics = json.loads(out.read_text())
+    assert metrics["weights"].endswith(release_env["head"].name) and metrics["threshold"] == THRESHOLD
+    assert sorted(p.name for p in release_env["models"].iterdir()) == sorted(
+        [release_env["head"].name, R.card_path(release_env["head"]).name])
+
+
+def test_no_release_and_no_weights_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BRAINTUMOR_MODELS", str(tmp_path / "models"))
+    img = tmp_path / "a.png"
+    Image.fromarray(_scan(0)[0]).save(img)
+    assert main(["detect", str(img), "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and str(tmp_path / "models") in line and "no released model" in line
+
+
+def test_app_lists_the_release_first_and_preselected(release_env, tmp_path):
+    from braintumor.config import Config
+    from braintumor.ui import build_app
+
+    run = tmp_path / "logs" / "tumor20240101T0000"
+    run.mkdir(parents=True)
+    Config({"STEPS_PER_EPOCH": 500}).save(run / "config.toml")
+    (run / "mask_rcnn_tumor_0003.h5").write_bytes(b"")
+    app = build_app(logs_dir=tmp_path / "logs", predictor_factory=lambda p: None)
+    labels = [label for label, _ in app.checkpoint.options]
+    assert labels[0] == "Yayımlanan model: tiny-resnet50 (doğrulama Dice 0.61)"
+    assert labels[1] == "tumor20240101T0000/mask_rcnn_tumor_0003.h5"
+    assert app.checkpoint.value == str(release_env["head"]) and app.threshold.value == pytest.approx(THRESHOLD)
+    assert app.banner.value == ""
+    app.set_language("en")
+    assert app.checkpoint.options[0][0] == "Released: tiny-resnet50 (val Dice 0.61)"
+    assert app.checkpoint.value == str(release_env["head"])
+
+
+# ----------------------------------------------------------------------------- demo models
+class _NothingFound:
+    class_names = ["BG", "tumor"]
+    loaded = True
+
+    def __init__(self, path):
+        self.weights_path = Path(path)
+
+    def detect(self, images):
+        h, w = images[0].shape[:2]
+        return [{"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
+                 "scores": np.zeros(0, np.float32), "masks": np.zeros((h, w, 0), bool)}]
+
+
+def test_demo_reason_counts_steps(tmp_path, exported):
+    from braintumor.config import Config
+
+    assert R.demo_reason(exported["head"]) is None, "a release is never a demo model"
+    assert R.demo_reason(exported["ckpt"]) is None, "2 epochs x 600 steps >= 1000"
+    run = tmp_path / "quick20240101T0000"
+    run.mkdir()
+    Config({"NAME": "quick", "STEPS_PER_EPOCH": 20}).save(run / "config.toml")
+    quick = run / "mask_rcnn_quick_0002.h5"
+    assert "trained 40 steps" in R.demo_reason(quick) and "MIN_STEPS_FOR_READING = 1000" in R.demo_reason(quick)
+    assert R.demo_reason(quick, Config({"STEPS_PER_EPOCH": 20, "MIN_STEPS_FOR_READING": 10})) is None
+    second = tmp_path / "neg20240102T0000"  # a second stage: 3 x 100 steps on top of a 1200-step checkpoint
+    second.mkdir()
+    Config({"NAME": "neg", "STEPS_PER_EPOCH": 100, "INIT": str(exported["ckpt"])}).save(second / "config.toml")
+    assert R.training_steps(second / "mask_rcnn_neg_0003.h5") == 1500
+    assert R.demo_reason(second / "mask_rcnn_neg_0003.h5") is None
+    assert "unknown" in R.demo_reason(tmp_path / "elsewhere" / "weights.h5")
+
+
+def test_demo_model_in_the_app_banner_and_no_green_verdict(tmp_path):
+    import ipywidgets as W
+
+    from braintumor.config import Config
+    from braintumor.ui import build_app
+    from test_ui import png_bytes, v8
+
+    run = tmp_path / "logs" / "quick20240101T0000"
+    run.mkdir(parents=True)
+    Config({"NAME": "quick", "STEPS_PER_EPOCH": 20, "DETECTION_MIN_CONFIDENCE": 0.5}).save(run / "config.toml")
+    ckpt = run / "mask_rcnn_quick_0002.h5"
+    ckpt.write_bytes(b"")
+    app = build_app(logs_dir=tmp_path / "logs", predictor_factory=_NothingFound, checkpoint_finder=lambda logs: [ckpt])
+    assert "Demo model: tarama okumak için eğitilmedi" in app.banner.value and "bt-demo-banner" in app.banner.value
+    (a,) = app.run_detection(upload_value=v8(("clean.png", png_bytes())))
+    assert a.report["tumor_found"] is False and "trained 40 steps" in a.report["demo_model"]
+
+    def html(w):
+        return w.value if isinstance(w, W.HTML) else "\n".join(html(c) for c in getattr(w, "children", ()))
+
+    text = html(app.results)
+    assert "Demo model: karar yok" in text and "bt-no-tumor" not in text and "Tümör bulunamadı" not in text
+    app.set_language("en")
+    text = html(app.results)
+    assert "Demo model: no verdict" in text and "No tumor found" not in text and "#1b5e20" not in text
+    assert "Demo model: not trained for reading scans" in app.banner.value
+
+
+def test_detect_warns_about_a_demo_model(tmp_path, capsys):
+    ckpt = _make_run(tmp_path / "logs", "quick", epoch=1, steps_per_epoch=20, decisive=False)
+    img = tmp_path / "a.png"
+    Image.fromarray(_scan(0)[0]).save(img)
+    assert main(["detect", str(img), "--weights", str(ckpt), "--out", str(tmp_path / "o")]) == 0
+    cap = capsys.readouterr()
+    assert "warning: Demo model: not trained for reading scans (trained 20 steps" in cap.err
+    rep = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert rep["demo_model"].startswith("trained 20 steps")
+    if not rep["tumor_found"]:
+        assert "a.png: Demo model: no verdict" in cap.out and "No tumor found" not in cap.out
