@@ -28,7 +28,7 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
-## the decision-support app in the browser (trains the quick preset first if logs/ has no checkpoint)
+## the decision-support app in the browser, with the released model in models/ (no dataset, no training)
 app: venv
 	$(VENV)/bin/braintumor app --ensure-weights
 
