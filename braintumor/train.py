@@ -354,8 +354,23 @@ def _strategy(config: Config):
     if tf_config_workers() > 1:
         import tensorflow as tf
 
+        class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+            """TensorFlow's, with the two reductions Keras 3's ``fit`` asks of it made to work
+            (keras-team/keras#20585): a nested value (its first ``(x, y)`` batch) is reduced leaf
+            by leaf, and a scalar (every loss it logs) across replicas only (``axis=0`` has no meaning there)."""
+
+            def reduce(self, reduce_op, value, axis):
+                parent = super()
+
+                def one(v):
+                    local = self.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                    scalar = axis is not None and getattr(getattr(local, "shape", None), "rank", None) == 0
+                    return parent.reduce(reduce_op, v, None if scalar else axis)
+
+                return tf.nest.map_structure(one, value)
+
         # created before any other TensorFlow op: collectives are configured at start-up
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return MultiWorkerMirroredStrategy()
     if config.GPU_COUNT <= 1:
         return None
     import tensorflow as tf
