@@ -75,6 +75,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "FPN_CLASSIF_FC_LAYERS_SIZE": (1024, "width of the classifier head's two FC layers"),
     "NORM": ("bn", "normalisation: bn (BatchNorm, Matterport's) or gn (GroupNorm, for training from scratch)"),
     "TRAIN_BN": (False, "train BatchNorm layers (False freezes them: batches are small); gn always trains"),
+    "GN_IMPL": ("keras", "GroupNorm code: keras (keras.layers.GroupNormalization) or fused (same weights and "
+                         "output, statistics per channel and a hand-written gradient; braintumor.mrcnn.norm)"),
     "POOL_SIZE": (7, "ROIAlign output size for the classifier head"),
     "MASK_POOL_SIZE": (14, "ROIAlign output size for the mask head"),
     "MASK_SHAPE": ([28, 28], "mask head output size (2 x MASK_POOL_SIZE)"),
@@ -108,6 +110,12 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_MIN_CONFIDENCE": (0.7, "detections below this score are dropped"),
     "DETECTION_NMS_THRESHOLD": (0.3, "per-class NMS IoU threshold on detections"),
     "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
+    # --- speed (benchmarks/README.md, "How to measure issue 12") ------------------
+    "PRECISION": ("float32", "float32, or mixed_bfloat16: bfloat16 compute, float32 weights, losses and box "
+                            "arithmetic; only on CPUs with avx512_bf16 or amx_bf16 (float32 elsewhere, said once)"),
+    "INPUT_WORKERS": (0, "threads preparing training samples ahead of the step (0 = one generator thread); "
+                         "the samples are the same for any number"),
+    "VALIDATION_EVERY": (1, "run the VALIDATION_STEPS validation batches every N epochs only (1 = every epoch)"),
 }
 
 DEFAULTS: dict[str, Any] = {k: v for k, (v, _) in _SETTINGS.items()}
@@ -116,6 +124,8 @@ COMMENTS: dict[str, str] = {k: c for k, (_, c) in _SETTINGS.items()}
 LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all")
 BACKBONES = ("resnet50", "resnet101")
 NORMS = ("bn", "gn")
+GN_IMPLS = ("keras", "fused")
+PRECISIONS = ("float32", "mixed_bfloat16")
 RESIZE_MODES = ("square", "pad64", "crop", "none")
 INIT_CHOICES = ("random", "imagenet", "coco", "last")
 
@@ -197,6 +207,13 @@ class Config:
             raise ConfigError(f"BACKBONE must be one of {', '.join(BACKBONES)}, got {self.BACKBONE!r}")
         if self.NORM not in NORMS:
             raise ConfigError(f"NORM must be one of {', '.join(NORMS)}, got {self.NORM!r}")
+        if self.GN_IMPL not in GN_IMPLS:
+            raise ConfigError(f"GN_IMPL must be one of {', '.join(GN_IMPLS)}, got {self.GN_IMPL!r}")
+        if self.PRECISION not in PRECISIONS:
+            raise ConfigError(f"PRECISION must be one of {', '.join(PRECISIONS)}, got {self.PRECISION!r}")
+        if isinstance(self.INPUT_WORKERS, bool) or not isinstance(self.INPUT_WORKERS, int) or self.INPUT_WORKERS < 0:
+            raise ConfigError(f"INPUT_WORKERS must be a non-negative integer, got {self.INPUT_WORKERS!r}")
+        _positive_int("VALIDATION_EVERY", self.VALIDATION_EVERY)
         if self.LAYERS not in LAYER_GROUPS:
             raise ConfigError(f"LAYERS must be one of {', '.join(LAYER_GROUPS)}, got {self.LAYERS!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:

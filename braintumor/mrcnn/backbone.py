@@ -26,7 +26,8 @@ def norm_layer(name, train_bn, norm="bn", zero_gamma=False):
 
     ``norm="bn"``: BatchNormalization (Matterport); frozen unless ``train_bn`` (frozen BN
     runs on its moving statistics, which is what fine-tuning pretrained weights wants).
-    ``norm="gn"``: GroupNormalization with :data:`GN_GROUPS` groups, always trained: the
+    ``norm="gn"``: GroupNormalization with :data:`GN_GROUPS` groups (``"gn_fused"``: the same
+    as :class:`braintumor.mrcnn.norm.FusedGroupNorm`, see :func:`norm_kind`), always trained: the
     same computation in training and inference whatever the batch size, which is what
     training from random initialisation at one image per step needs. ``zero_gamma``
     starts its scale at 0 (used on the last norm of each residual branch, so every
@@ -35,6 +36,11 @@ def norm_layer(name, train_bn, norm="bn", zero_gamma=False):
     if norm == "gn":
         return layers.GroupNormalization(groups=GN_GROUPS, epsilon=1e-5, name=name,
                                          gamma_initializer="zeros" if zero_gamma else "ones")
+    if norm == "gn_fused":  # the same layer (weights, output), faster on the CPU: braintumor.mrcnn.norm
+        from braintumor.mrcnn.norm import FusedGroupNorm
+
+        return FusedGroupNorm(groups=GN_GROUPS, epsilon=1e-5, name=name,
+                              gamma_initializer="zeros" if zero_gamma else "ones")
     bn = layers.BatchNormalization(name=name, epsilon=1e-3, momentum=0.99)
     # frozen BN: trainable=False also makes Keras 3 use the moving statistics
     bn.trainable = bool(train_bn)
@@ -106,8 +112,16 @@ def fpn(c2, c3, c4, c5, size=256):
     return [p2, p3, p4, p5, p6]
 
 
+def norm_kind(config) -> str:
+    """The ``norm`` argument of :func:`norm_layer` for ``config``: ``NORM``, or ``"gn_fused"``
+    for ``NORM = "gn"`` with ``GN_IMPL = "fused"``."""
+    if config.NORM == "gn" and getattr(config, "GN_IMPL", "keras") == "fused":
+        return "gn_fused"
+    return config.NORM
+
+
 def backbone_and_fpn(image, config):
     """``image`` ``[B, H, W, 3]`` -> ``[P2, P3, P4, P5, P6]`` for ``config``."""
-    _, c2, c3, c4, c5 = [None] + resnet(image, config.BACKBONE, config.TRAIN_BN, config.NORM)
+    _, c2, c3, c4, c5 = [None] + resnet(image, config.BACKBONE, config.TRAIN_BN, norm_kind(config))
     return fpn(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
 

@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from braintumor.mrcnn import tf_ops
-from braintumor.mrcnn.backbone import norm_layer
+from braintumor.mrcnn.backbone import norm_kind, norm_layer
 from braintumor.mrcnn.roi_align import PyramidROIAlign
 
 
@@ -114,7 +114,7 @@ class WholeWindowConv(keras.layers.Layer):
 
 
 def _bn(name, config):
-    return norm_layer(name, config.TRAIN_BN, config.NORM)
+    return norm_layer(name, config.TRAIN_BN, norm_kind(config))
 
 
 def classifier_head(rois, meta, feature_maps, config, num_rois):
