@@ -67,7 +67,7 @@ def decide_setup(cwd, env, in_colab, project_source="", notebook_source=""):
                         "braintumor checkout: set it to one of those and run this cell again.")
     return Decision("stop", None, None, None,
                     f"No braintumor checkout found at {cwd} or above it: set PROJECT_SOURCE at the top of this cell "
-                    "to the project's git URL (or GitHub owner/name, or the folder of a checkout, e.g. on Google "
+                    "to the project's git URL (or GitHub owner/name, or the folder of a checkout, say on Google "
                     "Drive) and run it again.")
 
 

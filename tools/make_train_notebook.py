@@ -7,46 +7,12 @@ import nbformat as nbf
 md = nbf.v4.new_markdown_cell
 code = nbf.v4.new_code_cell
 
-SETUP = r'''import os
-import subprocess
 import sys
-from pathlib import Path
 
-REPO_URL = os.environ.get("BRAINTUMOR_REPO_URL", "https://github.com/YOUR-ACCOUNT/braintumor.git")  # your copy of this project
-IN_COLAB = "google.colab" in sys.modules
-KEEP_LOGS_ON_DRIVE = False  # Colab: keep logs/ (checkpoints) on Google Drive so they survive the runtime
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from setup_cell import setup_cell  # noqa: E402  (the cell is built from braintumor/colab.py)
 
-
-def find_project_root():
-    for p in (Path.cwd(), *Path.cwd().parents):
-        if (p / "braintumor" / "__init__.py").is_file() and (p / "requirements.txt").is_file():
-            return p
-    return None
-
-
-ROOT = find_project_root()
-if ROOT is None:
-    ROOT = Path("/content/braintumor" if IN_COLAB else "braintumor").resolve()
-    if not (ROOT / "braintumor").is_dir():
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(ROOT)], check=True)
-if IN_COLAB:
-    keep = ("tensorflow", "keras", "numpy")  # Colab's own builds stay untouched
-    reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    reqs = [r for r in reqs if r and not r.lower().startswith(keep)]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *reqs], check=True)
-    if KEEP_LOGS_ON_DRIVE:
-        from google.colab import drive
-
-        drive.mount("/content/drive")
-        drive_logs = Path("/content/drive/MyDrive/braintumor_logs")
-        drive_logs.mkdir(parents=True, exist_ok=True)
-        if not (ROOT / "logs").is_symlink():
-            subprocess.run(["rm", "-rf", str(ROOT / "logs")], check=True)
-            (ROOT / "logs").symlink_to(drive_logs)
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.chdir(ROOT)
-print("project:", ROOT)'''
+SETUP = setup_cell("train")
 
 PARAMS = r'''# Parameters: the preset and how long to train. CI runs this notebook with
 # BT_PRESET=quick BT_EPOCHS=1 BT_STEPS=2 (minutes on a CPU); the thesis run is resnet101, 15 x 100.
@@ -165,9 +131,11 @@ cells = [
        "schedule and is set up to train from random initialisation (GroupNorm, anchors sized to the tumors, "
        "learning-rate warm-up and cosine decay, tumor-free scans as negatives). Every cell calls the `braintumor` package: the "
        "logic lives there, with its tests."),
-    md("## 1. Setup\n\nIn a source checkout nothing is installed. On a fresh **Colab** runtime this cell clones the "
-       "project, installs what Colab lacks from `requirements.txt` (Colab's TensorFlow, Keras and NumPy stay as they "
-       "are) and can keep `logs/` on Google Drive."),
+    md("## 1. Setup\n\nIn a source checkout nothing is installed. In **Colab**, opened from the project's GitHub "
+       "repository, this cell clones that repository, installs what Colab lacks from `requirements.txt` (Colab's "
+       "TensorFlow, Keras and NumPy stay as they are) and can keep `logs/` on Google Drive. Opened any other way, "
+       "set `PROJECT_SOURCE` (a git URL, GitHub `owner/name`, or a checkout's folder on Drive); without it the cell "
+       "stops and says so."),
     code(SETUP),
     md("## 2. Parameters\n\nPick the preset (`mrcnn_config/*.toml`) and, optionally, shorter epochs for a try-out. "
        "The dataset is found at `$BRAIN_TUMOR_DATA` or `data/brain_tumor_data` (downloaded when missing)."),
