@@ -281,23 +281,71 @@ def pass_orders(dataset, rng: np.random.Generator, shuffle: bool = True):
         yield rng.permutation(order) if shuffle else order
 
 
-def sample_generator(dataset, config, augmenter=None, seed=0, shuffle=True):
-    """Endless generator of training samples (tuples in :data:`INPUT_ORDER`), reshuffled every pass."""
-    n = len(dataset)
-    if n == 0:
+def sample_indices(dataset, seed=0, shuffle=True):
+    """Endless generator of image indices: the passes of :func:`pass_orders` drawn with
+    ``np.random.default_rng(seed)``, one after another."""
+    for order in pass_orders(dataset, np.random.default_rng(seed), shuffle):
+        yield from (int(i) for i in order)
+
+
+def training_sample(dataset, config, index, k, augmenter=None, seed=0) -> tuple:
+    """Sample number ``k`` of a stream: image ``index`` of ``dataset`` as a tuple in :data:`INPUT_ORDER`.
+
+    Its randomness (augmentation, crops, RPN anchor sampling) comes from its own generator,
+    ``np.random.default_rng([seed, k])``, so a sample does not depend on which thread makes
+    it, nor on the samples before it."""
+    image_id = dataset.image_ids[index]
+    rng = np.random.default_rng([int(seed) % 2**63, int(k)])
+    try:
+        s = build_training_sample(dataset, config, image_id, augmenter, rng)
+    except BrainTumorError:
+        raise
+    except Exception as e:  # one bad file should name itself
+        name = dataset.image_info[image_id].get("name", image_id) if hasattr(dataset, "image_info") else image_id
+        raise BrainTumorError(f"{name}: cannot build a training sample ({type(e).__name__}: {e})") from e
+    return tuple(s[key] for key in INPUT_ORDER)
+
+
+def sample_generator(dataset, config, augmenter=None, seed=0, shuffle=True, workers=0):
+    """Endless generator of training samples (tuples in :data:`INPUT_ORDER`), reshuffled every pass.
+
+    ``workers`` 0: each sample is made when asked for, in this generator's thread.
+    ``workers`` n > 0: n threads make samples ahead (up to ``2 n + BATCH_SIZE`` of them),
+    each with its own copy of ``augmenter``; they come out in the same order. Either way
+    the samples are the same (:func:`training_sample`)."""
+    if len(dataset) == 0:
         raise BrainTumorError("dataset has no images")
-    rng = np.random.default_rng(seed)
-    for order in pass_orders(dataset, rng, shuffle):
-        for i in order:
-            image_id = dataset.image_ids[i]
-            try:
-                s = build_training_sample(dataset, config, image_id, augmenter, rng)
-            except BrainTumorError:
-                raise
-            except Exception as e:  # one bad file should name itself
-                name = dataset.image_info[image_id].get("name", image_id) if hasattr(dataset, "image_info") else image_id
-                raise BrainTumorError(f"{name}: cannot build a training sample ({type(e).__name__}: {e})") from e
-            yield tuple(s[k] for k in INPUT_ORDER)
+    stream = enumerate(sample_indices(dataset, seed, shuffle))
+    if workers <= 0:
+        for k, i in stream:
+            yield training_sample(dataset, config, i, k, augmenter, seed)
+        return
+
+    import collections
+    import copy
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def make(k, i):
+        aug = augmenter
+        if augmenter is not None:  # an augmenter holds its random state: one per thread
+            aug = getattr(local, "augmenter", None)
+            if aug is None:
+                aug = local.augmenter = copy.deepcopy(augmenter)
+        return training_sample(dataset, config, i, k, aug, seed)
+
+    ahead = 2 * int(workers) + max(1, int(config.BATCH_SIZE))
+    pool = ThreadPoolExecutor(int(workers), thread_name_prefix="braintumor-input")
+    pending = collections.deque()
+    try:
+        for k, i in stream:
+            pending.append(pool.submit(make, k, i))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def input_signature(config):
@@ -319,10 +367,12 @@ def input_signature(config):
 
 
 def make_tf_dataset(dataset, config, augmenter=None, seed=0, shuffle=True):
-    """Endless batched ``tf.data.Dataset`` of ``(inputs_tuple,)`` for ``keras.Model.fit``."""
+    """Endless batched ``tf.data.Dataset`` of ``(inputs_tuple,)`` for ``keras.Model.fit``;
+    ``INPUT_WORKERS`` threads prepare the samples (:func:`sample_generator`)."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_generator(lambda: sample_generator(dataset, config, augmenter, seed, shuffle),
+    workers = int(getattr(config, "INPUT_WORKERS", 0))
+    ds = tf.data.Dataset.from_generator(lambda: sample_generator(dataset, config, augmenter, seed, shuffle, workers),
                                         output_signature=input_signature(config))
     ds = ds.batch(config.BATCH_SIZE, drop_remainder=True)
     ds = ds.map(lambda *x: (x,))
