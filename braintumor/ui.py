@@ -46,6 +46,13 @@ TEXT: dict[str, dict[str, str]] = {
         "prompt": "Lütfen MR görüntüsünü yükleyiniz (JPEG, PNG veya DICOM; birden fazla dosya seçilebilir) "
                   "ve <b>Tümör Tespiti</b> butonuna basınız.",
         "upload": "Görüntü yükle",
+        "colab_note": "Colab'da bu yükleme aracı yaklaşık 1 MB ve daha büyük dosyaları sessizce düşürür "
+                      "(ipywidgets#3452); büyük dosyaları (çoğu DICOM kesiti) <b>Colab ile dosya seç</b> "
+                      "düğmesiyle ya da Drive'daki yollarını yazarak ekleyiniz.",
+        "colab_pick": "Colab ile dosya seç",
+        "colab_path": "Dosya yolu",
+        "colab_picked": "{n} dosya seçildi: {names}",
+        "colab_failed": "Colab dosya seçicisi açılamadı: {msg}",
         "detect": "Tümör Tespiti",
         "threshold": "Güven eşiği",
         "model": "Model",
@@ -84,6 +91,13 @@ TEXT: dict[str, dict[str, str]] = {
         "prompt": "Please upload MR images (JPEG, PNG or DICOM; several files can be chosen) "
                   "and press <b>Detect Tumor</b>.",
         "upload": "Upload image",
+        "colab_note": "In Colab this upload widget silently drops files of about 1 MB and more (ipywidgets#3452), "
+                      "so add large files (most DICOM slices) with <b>Choose files (Colab)</b> or by typing their "
+                      "path on Drive.",
+        "colab_pick": "Choose files (Colab)",
+        "colab_path": "File path",
+        "colab_picked": "{n} file(s) chosen: {names}",
+        "colab_failed": "Colab's file picker failed: {msg}",
         "detect": "Detect Tumor",
         "threshold": "Confidence threshold",
         "model": "Model",
@@ -132,6 +146,8 @@ class UploadedFile:
     name: str
     content: bytes
     type: str = ""
+    error: str | None = None
+    """Why the file could not be read (a path that does not exist); shown instead of a result."""
 
 
 def normalise_upload(value: Any) -> list[UploadedFile]:
@@ -161,6 +177,40 @@ def normalise_upload(value: Any) -> list[UploadedFile]:
         name = os.path.basename(str(e.get("name") or "upload").replace("\\", "/")) or "upload"
         files.append(UploadedFile(name=name, content=content, type=str(e.get("type") or "")))
     return files
+
+
+# ----------------------------------------------------------------------------- Colab
+def running_in_colab() -> bool:
+    """True in a Google Colab runtime (see :func:`braintumor.colab.in_colab`); tests monkeypatch this."""
+    from braintumor.colab import in_colab
+
+    return in_colab()
+
+
+def colab_upload() -> dict[str, bytes]:
+    """Colab's own file picker (``google.colab.files.upload``): ``{name: bytes}``, any size."""
+    from google.colab import files
+
+    return files.upload()
+
+
+def read_paths(text: str) -> list[UploadedFile]:
+    """The files named in ``text`` (one path per line or comma-separated), read from the runtime's disk."""
+    out = []
+    for raw in text.replace(",", "\n").splitlines():
+        p = raw.strip().strip('"').strip("'")
+        if not p:
+            continue
+        path = Path(p).expanduser()
+        try:
+            out.append(UploadedFile(name=path.name, content=path.read_bytes()))
+        except FileNotFoundError:
+            out.append(UploadedFile(name=path.name or p, content=b"", error=f"{p}: no such file"))
+        except IsADirectoryError:
+            out.append(UploadedFile(name=path.name or p, content=b"", error=f"{p}: is a folder, not an image file"))
+        except OSError as e:
+            out.append(UploadedFile(name=path.name or p, content=b"", error=f"{p}: cannot read ({e.strerror or e})"))
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -259,6 +309,19 @@ class TumorApp:
         self.banner = W.HTML()
         self.banner.add_class("bt-banner")
         self.upload = W.FileUpload(accept=ACCEPT, multiple=True, layout=W.Layout(width="auto"))
+        # Colab: FileUpload drops files of about 1 MB and more (ipywidgets#3452): its own picker and a path field
+        self.in_colab = running_in_colab()
+        self._picked: list[UploadedFile] = []
+        self.colab_note = W.HTML()
+        self.colab_pick = W.Button(icon="upload", layout=W.Layout(width="auto"))
+        self.colab_path = W.Text(placeholder="/content/drive/MyDrive/scan.dcm", layout=W.Layout(width="420px"),
+                                 style={"description_width": "initial"})
+        self.colab_picked = W.HTML()
+        self.colab_pick.on_click(lambda _b: self.pick_colab_files())
+        self.colab_box = W.VBox([self.colab_note, W.HBox([self.colab_pick, self.colab_path],
+                                                         layout=W.Layout(align_items="center", flex_flow="row wrap")),
+                                 self.colab_picked] if self.in_colab else [])
+        self.colab_box.add_class("bt-colab-upload")
         self.checkpoint = W.Dropdown(options=[], layout=W.Layout(width="auto", min_width="360px"))
         self.refresh_button = W.Button(icon="refresh", layout=W.Layout(width="auto"))
         self.threshold = W.FloatSlider(value=DEFAULT_THRESHOLD, min=THRESHOLD_FLOOR, max=0.99, step=0.01,
@@ -283,6 +346,7 @@ class TumorApp:
             self.prompt,
             self.banner,
             W.HBox([self.upload, self.button], layout=W.Layout(align_items="center", flex_flow="row wrap")),
+            self.colab_box,
             W.HBox([self.checkpoint, self.refresh_button], layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.threshold,
             self.status,
@@ -313,6 +377,10 @@ class TumorApp:
         self.title.value = f'<h2 style="margin:4px 0">{html.escape(self.t("title"))}</h2>'
         self.prompt.value = f"<p>{self.t('prompt')}</p>"
         self.upload.description = self.t("upload")
+        self.colab_note.value = f'<div style="color:#8a5300;font-size:13px">{self.t("colab_note")}</div>'
+        self.colab_pick.description = self.t("colab_pick")
+        self.colab_path.description = self.t("colab_path")
+        self._show_picked()
         self.button.description = self.t("detect")
         self.button.tooltip = self.t("detect")
         self.threshold.description = self.t("threshold")
@@ -411,6 +479,25 @@ class TumorApp:
         self._set_status("ready", "ok", ckpt=html.escape(Path(ckpt).name))
         return pred
 
+    # ------------------------------------------------------------------ Colab uploads
+    def pick_colab_files(self, picker: Callable[[], dict] | None = None) -> list[UploadedFile]:
+        """Colab: choose files with Colab's own picker (``picker``: default :func:`colab_upload`); they
+        replace the files chosen this way before and are analysed with the widget's on the next click."""
+        try:
+            chosen = (picker or colab_upload)() or {}
+        except Exception as e:  # no Colab, or the picker was cancelled
+            self._set_status("colab_failed", "error", msg=html.escape(_one_line(e) or type(e).__name__))
+            return []
+        self._picked = [UploadedFile(name=os.path.basename(str(n)) or "upload", content=bytes(c))
+                        for n, c in chosen.items()]
+        self._show_picked()
+        return self._picked
+
+    def _show_picked(self) -> None:
+        names = ", ".join(html.escape(f.name) for f in self._picked)
+        self.colab_picked.value = (f'<div style="font-size:13px">{self.t("colab_picked", n=len(self._picked), names=names)}</div>'
+                                   if self._picked else "")
+
     # ------------------------------------------------------------------ detection
     def run_detection(self, upload_value: Any = None) -> list[Analysis | None]:
         """Analyse every uploaded file (``upload_value``: default the FileUpload's value, 7.x or 8.x shape).
@@ -421,6 +508,8 @@ class TumorApp:
         if self._busy:
             return []
         files = normalise_upload(self.upload.value if upload_value is None else upload_value)
+        if upload_value is None and self.in_colab:
+            files += self._picked + read_paths(self.colab_path.value)
         if not files:
             self._set_status("no_files", "warn")
             return []
@@ -457,6 +546,8 @@ class TumorApp:
             self.button.disabled = False
 
     def _process(self, predictor, ckpt: str, f: UploadedFile, threshold: float, class_names) -> _Record:
+        if f.error:
+            return _Record(name=f.name, error=f.error)
         try:
             key = (ckpt, hashlib.sha1(f.content).hexdigest())
             cached = self._results.get(key)
