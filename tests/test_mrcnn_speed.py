@@ -74,3 +74,74 @@ def test_speed_settings_are_validated():
     for key, bad in (("GN_IMPL", "fast"), ("PRECISION", "float16"), ("INPUT_WORKERS", -1), ("VALIDATION_EVERY", 0)):
         with pytest.raises(ConfigError, match=key):
             tiny_config(**{key: bad})
+
+
+def test_precision_falls_back_to_float32_without_bf16_flags(capsys):
+    from braintumor.mrcnn import precision
+
+    cfg = tiny_config(PRECISION="mixed_bfloat16")
+    assert precision.cpu_bf16_flags("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n") == ["avx512_bf16"]
+    assert precision.compute_policy(cfg, "flags\t\t: fpu sse2 amx_bf16\n") == "mixed_bfloat16"
+    precision._said.clear()
+    assert precision.compute_policy(cfg, "flags\t\t: fpu sse2 avx2\n") == "float32"
+    assert precision.compute_policy(cfg, "flags\t\t: fpu sse2 avx2\n") == "float32"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "avx512_bf16" in out and "float32" in out
+    assert precision.compute_policy(tiny_config(), "flags: avx512_bf16") == "float32"
+
+
+def _has_bf16():
+    from braintumor.mrcnn.precision import cpu_bf16_flags
+
+    return bool(cpu_bf16_flags())
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="this CPU has neither avx512_bf16 nor amx_bf16: PRECISION = "
+                    "\"mixed_bfloat16\" falls back to float32 here, nothing in bfloat16 to test")
+def test_mixed_bfloat16_trains_and_detects_with_float32_boundaries(tmp_path):
+    import keras
+
+    from braintumor.mrcnn import MaskRCNN
+    from braintumor.mrcnn.weights import save_weights_h5
+
+    cfg = tiny_config(PRECISION="mixed_bfloat16", NORM="gn", EPOCHS=1, STEPS_PER_EPOCH=2)
+    m = MaskRCNN("training", cfg, tmp_path)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    km = m.keras_model
+    policy = {l.name: l.dtype_policy.name for l in km.layers}
+    assert policy["conv1"] == policy["res2a_branch2a"] == policy["fpn_p2"] == policy["mrcnn_class_conv1"] == "mixed_bfloat16"
+    assert policy["mrcnn_mask_conv1"] == policy["mrcnn_class_logits"] == "mixed_bfloat16"
+    for name in ("ROI", "proposal_targets", "roi_align_classifier", "roi_align_mask", "mrcnn_mask", "mrcnn_class_unfold",
+                 "rpn_class_logits", "rpn_bbox"):
+        assert policy[name] == "float32", name
+    rpn = km.get_layer("rpn_model")
+    assert rpn.get_layer("rpn_conv_shared").dtype_policy.name == "mixed_bfloat16"
+    assert all(v.dtype == "float32" for v in km.weights)
+    assert all(str(t.dtype) in ("float32", "int32") for t in km.outputs)
+    ds = blob_dataset(4, seed=2)
+    hist = m.train(ds, ds, learning_rate=0.01, epochs=1, layers="all", verbose=0)
+    for key, values in hist.history.items():
+        assert len(values) == 1 and np.isfinite(values[0]), key
+    assert hist.history["loss"][0] > 0
+    ckpt = tmp_path / "mixed.h5"
+    save_weights_h5(km, ckpt)
+
+    det = MaskRCNN("inference", cfg.replace(DETECTION_MIN_CONFIDENCE=0.0), tmp_path)
+    assert det.load_weights(ckpt).complete
+    image, _ = blob_image(64, 80, [(10, 12, 40, 44)])
+    out = det._predict(*_molded(image, det.config))
+    assert out[0].dtype == np.float32 and out[1].dtype == np.float32 and np.all(np.isfinite(out[0]))
+    r = det.detect([image])[0]
+    assert r["masks"].shape[:2] == (64, 80) and r["scores"].dtype == np.float32 and len(r["scores"]) > 0
+    # the same weights in float32 give nearly the same scores
+    ref = MaskRCNN("inference", cfg.replace(DETECTION_MIN_CONFIDENCE=0.0, PRECISION="float32"), tmp_path)
+    ref.load_weights(ckpt)
+    ref_out = ref._predict(*_molded(image, ref.config))
+    assert np.max(np.abs(ref_out[0][:, :, 5] - out[0][:, :, 5])) < 0.1
+
+
+def _molded(image, config):
+    from braintumor.mrcnn.inputs import mold_inputs
+
+    molded, metas, _ = mold_inputs([image], config)
+    return molded, metas

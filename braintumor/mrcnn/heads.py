@@ -25,6 +25,7 @@ from keras import layers, ops
 
 from braintumor.mrcnn import tf_ops
 from braintumor.mrcnn.backbone import norm_kind, norm_layer
+from braintumor.mrcnn.precision import compute_scope
 from braintumor.mrcnn.roi_align import PyramidROIAlign
 
 
@@ -122,16 +123,17 @@ def classifier_head(rois, meta, feature_maps, config, num_rois):
     c = config.NUM_CLASSES
     fc = config.FPN_CLASSIF_FC_LAYERS_SIZE
     x = PyramidROIAlign((config.POOL_SIZE, config.POOL_SIZE), name="roi_align_classifier")([rois, meta] + feature_maps)
-    x = FoldRois(name="mrcnn_class_fold")(x)
-    x = WholeWindowConv(fc, config.POOL_SIZE, name="mrcnn_class_conv1")(x)
-    x = _bn("mrcnn_class_bn1", config)(x)
-    x = layers.Activation("relu")(x)
-    x = layers.Conv2D(fc, 1, name="mrcnn_class_conv2")(x)
-    x = _bn("mrcnn_class_bn2", config)(x)
-    x = layers.Activation("relu")(x)
-    shared = layers.Reshape((fc,), name="pool_squeeze")(x)
-    logits = layers.Dense(c, name="mrcnn_class_logits")(shared)
-    deltas = layers.Dense(c * 4, name="mrcnn_bbox_fc")(shared)
+    with compute_scope(config):  # PRECISION (braintumor.mrcnn.precision); ROIAlign and what follows: float32
+        x = FoldRois(name="mrcnn_class_fold")(x)
+        x = WholeWindowConv(fc, config.POOL_SIZE, name="mrcnn_class_conv1")(x)
+        x = _bn("mrcnn_class_bn1", config)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(fc, 1, name="mrcnn_class_conv2")(x)
+        x = _bn("mrcnn_class_bn2", config)(x)
+        x = layers.Activation("relu")(x)
+        shared = layers.Reshape((fc,), name="pool_squeeze")(x)
+        logits = layers.Dense(c, name="mrcnn_class_logits")(shared)
+        deltas = layers.Dense(c * 4, name="mrcnn_bbox_fc")(shared)
     logits = UnfoldRois(num_rois, name="mrcnn_class_unfold")(logits)
     probs = layers.Activation("softmax", name="mrcnn_class")(logits)
     deltas = UnfoldRois(num_rois, name="mrcnn_bbox_unfold")(deltas)
@@ -147,14 +149,15 @@ def mask_head(rois, meta, feature_maps, config, num_rois, valid=None):
     """
     p = config.MASK_POOL_SIZE
     x = PyramidROIAlign((p, p), name="roi_align_mask")([rois, meta] + feature_maps)
-    x = FoldRois(name="mrcnn_mask_fold")(x)
-    if valid is not None:
-        x, idx = CompactRows(name="mrcnn_mask_compact")([x, valid])
-    for i in range(1, 5):
-        x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
-        x = _bn(f"mrcnn_mask_bn{i}", config)(x)
-        x = layers.Activation("relu")(x)
-    x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
+    with compute_scope(config):  # PRECISION; the last 1x1 convolution and sigmoid stay float32
+        x = FoldRois(name="mrcnn_mask_fold")(x)
+        if valid is not None:
+            x, idx = CompactRows(name="mrcnn_mask_compact")([x, valid])
+        for i in range(1, 5):
+            x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
+            x = _bn(f"mrcnn_mask_bn{i}", config)(x)
+            x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     x = layers.Conv2D(config.NUM_CLASSES, 1, activation="sigmoid", name="mrcnn_mask")(x)
     if valid is not None:
         x = ScatterRows(name="mrcnn_mask_scatter")([x, idx, valid])

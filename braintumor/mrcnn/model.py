@@ -37,6 +37,7 @@ from braintumor.mrcnn.backbone import backbone_and_fpn
 from braintumor.mrcnn.detection import DetectionLayer
 from braintumor.mrcnn.heads import classifier_head, mask_head
 from braintumor.mrcnn.inputs import make_tf_dataset, mold_inputs, unmold_detections
+from braintumor.mrcnn.precision import compute_scope
 from braintumor.mrcnn.proposals import ProposalLayer
 from braintumor.mrcnn.rpn import rpn_outputs
 from braintumor.mrcnn.targets import DetectionTargetLayer
@@ -108,7 +109,8 @@ def build_inference_model(config: Config) -> keras.Model:
     """The inference graph (see module docstring)."""
     image = _image_input(config)
     meta = keras.Input(shape=(config.IMAGE_META_SIZE,), name="input_image_meta")
-    p2, p3, p4, p5, p6 = backbone_and_fpn(image, config)
+    with compute_scope(config):  # PRECISION (braintumor.mrcnn.precision)
+        p2, p3, p4, p5, p6 = backbone_and_fpn(image, config)
     rpn_logits, rpn_probs, rpn_bbox = rpn_outputs([p2, p3, p4, p5, p6], config)
     r = config.POST_NMS_ROIS_INFERENCE
     rois = ProposalLayer(r, config.RPN_NMS_THRESHOLD, config, name="ROI")([rpn_probs, rpn_bbox, image])
@@ -218,7 +220,8 @@ def build_training_model(config: Config) -> MaskRCNNTrainModel:
         mshape = tuple(image.shape[1:3])
     gt_masks = keras.Input(shape=(g,) + mshape, name="input_gt_masks")
 
-    p2, p3, p4, p5, p6 = backbone_and_fpn(image, config)
+    with compute_scope(config):  # PRECISION (braintumor.mrcnn.precision)
+        p2, p3, p4, p5, p6 = backbone_and_fpn(image, config)
     rpn_logits, rpn_probs, rpn_bbox = rpn_outputs([p2, p3, p4, p5, p6], config)
     proposals = ProposalLayer(config.POST_NMS_ROIS_TRAINING, config.RPN_NMS_THRESHOLD, config,
                               name="ROI")([rpn_probs, rpn_bbox, image])

@@ -17,17 +17,23 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from braintumor.mrcnn.precision import compute_policy, policy_scope
 
-def build_rpn_model(anchors_per_location: int, depth: int, anchor_stride: int = 1) -> keras.Model:
-    """The shared RPN head as a model named ``rpn_model``."""
-    fmap = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
-    shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
-                           name="rpn_conv_shared")(fmap)
-    x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
-    logits = layers.Reshape((-1, 2))(x)
+
+def build_rpn_model(anchors_per_location: int, depth: int, anchor_stride: int = 1,
+                    policy: str = "float32") -> keras.Model:
+    """The shared RPN head as a model named ``rpn_model``; its three convolutions compute
+    under the Keras dtype ``policy`` (``PRECISION``), the reshapes and softmax in float32."""
+    with policy_scope(policy):
+        dtype = None if policy == "float32" else keras.config.dtype_policy().compute_dtype
+        fmap = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map", dtype=dtype)
+        shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+                               name="rpn_conv_shared")(fmap)
+        cls = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
+        box = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
+    logits = layers.Reshape((-1, 2))(cls)
     probs = layers.Activation("softmax", name="rpn_probs")(logits)
-    x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
-    bbox = layers.Reshape((-1, 4))(x)
+    bbox = layers.Reshape((-1, 4))(box)
     return keras.Model(fmap, [logits, probs, bbox], name="rpn_model")
 
 
@@ -36,7 +42,8 @@ def rpn_outputs(feature_maps, config):
 
     Returns ``(rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4])``.
     """
-    model = build_rpn_model(len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE, config.RPN_ANCHOR_STRIDE)
+    model = build_rpn_model(len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE, config.RPN_ANCHOR_STRIDE,
+                            policy=compute_policy(config))
     per_level = [model(p) for p in feature_maps]
     names = ("rpn_class_logits", "rpn_class", "rpn_bbox")
     return tuple(layers.Concatenate(axis=1, name=n)([lv[i] for lv in per_level]) for i, n in enumerate(names))
