@@ -77,12 +77,12 @@ DICE_TOLERANCE = 0.005
 LICENCES = [
     {"data": "brain_tumor_data (train 202 / val 61 images, VIA polygons)",
      "source": "https://github.com/rastislavkopal/brain-tumor-segmentation",
-     "licence": "as published in rastislavkopal/brain-tumor-segmentation (no licence file stated there)"},
+     "licence": "the terms of its repository (see there)"},
     {"data": "Figshare brain tumor dataset (J. Cheng, 2017; 3064 T1-weighted contrast-enhanced slices)",
      "source": "https://doi.org/10.6084/m9.figshare.1512427", "licence": "CC BY 4.0"},
     {"data": "Br35H tumor-free slices (the 'no' folder)",
      "source": "https://github.com/AhmedHamada0/Brain-Tumor-Detection-Dataset",
-     "licence": "as published by its authors (Br35H :: Brain Tumor Detection 2020)"},
+     "licence": "the terms of its repository and of Br35H :: Brain Tumor Detection 2020 (see there)"},
 ]
 
 _HEAD_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?)-(?P<sha>[0-9a-f]{8})\.h5$")

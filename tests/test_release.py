@@ -400,3 +400,24 @@ def test_detect_warns_about_a_demo_model(tmp_path, capsys):
     assert rep["demo_model"].startswith("trained 20 steps")
     if not rep["tumor_found"]:
         assert "a.png: Demo model: no verdict" in cap.out and "No tumor found" not in cap.out
+
+
+def test_export_command_prints_files_and_refuses_bad_input_in_one_line(exported, tmp_path, capsys):
+    models = tmp_path / "models"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{R.CARD_START}\n{R.CARD_END}\n")
+    args = ["export", "--weights", str(exported["ckpt"]), "--out", str(models), "--equivalence-images", "0",
+            "--metrics", str(exported["metrics"].parent), "--threshold", "0.85", "--readme", str(readme)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    (head,) = R.find_releases(models)
+    assert f"models/{head.name}" in out and R.sha256_file(head) in out and "README updated" in out
+    assert R.open_release(head).threshold == 0.85 and "0.850" in readme.read_text()
+    for bad, words in ((["--metrics", str(tmp_path / "nope.json")], "nope.json: metrics file not found"),
+                       (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
+                       ([], "already holds release")):
+        assert main(args[:7] + bad) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ") and words in line, line
+    assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2")]) == 2
+    assert "already a released model" in capsys.readouterr().err
