@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
     ev.add_argument("--source-size", type=int, metavar="PX",
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
+    ev.add_argument("--source-probe", choices=["window"],
+                    help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
 
     de = sub.add_parser("detect", help="detect tumors in image files (JPEG, PNG, DICOM); writes overlays and JSON")
     de.add_argument("images", nargs="+", help="image files")

@@ -57,6 +57,35 @@ def degrade_resolution(image: np.ndarray, source_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(shrink_to(image, source_size)).resize((w, h), Image.Resampling.BILINEAR))
 
 
+BR35H_P99 = 213.0  # mean 99th-percentile grey level of the Br35H tumor-free slices (Figshare: 165)
+
+
+def rewindow_like_br35h(image: np.ndarray, target_p99: float = BR35H_P99) -> np.ndarray:
+    """``image`` uint8 ``[H, W, C]`` brightened (or darkened) linearly until its 99th grey
+    percentile is ``target_p99``: the windowing of the tumor-free Br35H slices, which are
+    brighter than the tumor scans (99th percentile 213 against 165; mean brain grey 100 against
+    75). Geometry is untouched, so ground-truth masks still fit."""
+    p99 = float(np.percentile(image, 99))
+    if p99 <= 0:
+        return image
+    return np.clip(image.astype(np.float32) * (target_p99 / p99), 0, 255).round().astype(np.uint8)
+
+
+class WindowProbePredictor:
+    """Wraps a predictor; every image is passed through :func:`rewindow_like_br35h` first
+    (``braintumor evaluate --source-probe window``): a model that learned "Br35H's brightness
+    means no tumor" loses sensitivity on val shown with Br35H's windowing."""
+
+    def __init__(self, predictor):
+        self.inner = predictor
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def detect(self, images):
+        return self.inner.detect([rewindow_like_br35h(im) for im in images])
+
+
 class SourceSizePredictor:
     """Wraps a predictor; every image is passed through :func:`degrade_resolution` first.
 
@@ -243,6 +272,8 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
     d = results["dataset"]
     speed = results.get("speed", {})
     source = [("images shrunk to (longer side)", f"{d['source_size']} px and back")] if d.get("source_size") else []
+    if d.get("source_probe") == "window":
+        source.append(("images re-windowed", f"99th grey percentile -> {BR35H_P99:.0f} (Br35H's)"))
     if results.get("kind") == "folder":
         rows = [("images", _fmt(d["n_images"])), ("confidence threshold", _fmt(t, 2)),
                 ("images with a detection", f"{results['n_flagged']} ({results['flagged_fraction']:.1%})"),
@@ -537,16 +568,21 @@ def cli_evaluate(args) -> int:
         if source_size < 16:
             raise BrainTumorError(f"--source-size must be at least 16 pixels, got {source_size}")
         predictor = SourceSizePredictor(predictor, source_size)
+    window = getattr(args, "source_probe", None) == "window"
+    if window:
+        predictor = WindowProbePredictor(predictor)
     if args.out:
         out_dir = Path(args.out)
     elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
-        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else ""))
+        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else "") + ("_window" if window else ""))
     else:
-        out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else ""))
+        out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else "")
+                                                      + ("_window" if window else ""))
 
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
-          + (f", every image shrunk to {source_size} px and back" if source_size else ""), flush=True)
+          + (f", every image shrunk to {source_size} px and back" if source_size else "")
+          + (", every image re-windowed like Br35H" if window else ""), flush=True)
     if args.images:
         results = evaluate_folder(predictor, dataset, threshold, label=label)
     else:
@@ -554,6 +590,8 @@ def cli_evaluate(args) -> int:
     results["weights"] = str(predictor.weights_path)
     if source_size is not None:
         results["dataset"]["source_size"] = int(source_size)
+    if window:
+        results["dataset"]["source_probe"] = "window"
     written = write_report(results, None, out_dir)
     print(format_summary(results))
     print(f"metrics: {written['metrics.json']}")

@@ -325,6 +325,31 @@ def test_cli_evaluate_source_size_wraps_the_predictor_and_says_so(fake_stack, mo
     assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--source-size", "3"]) == 2
 
 
+def test_rewindow_like_br35h_sets_the_99th_percentile_and_keeps_geometry():
+    rng = np.random.default_rng(0)
+    image = (rng.random((40, 30, 3)) * 150).astype(np.uint8)
+    out = E.rewindow_like_br35h(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert abs(np.percentile(out, 99) - E.BR35H_P99) <= 2
+    assert np.corrcoef(out.ravel(), image.ravel())[0, 1] > 0.999  # a linear change of grey levels only
+    black = np.zeros((8, 8, 3), np.uint8)
+    assert E.rewindow_like_br35h(black) is black
+
+
+def test_cli_evaluate_window_probe_wraps_the_predictor_and_says_so(fake_stack, monkeypatch, capsys):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    seen = []  # the fake predictor keys its answers on pixel values: record, pass through unchanged
+    monkeypatch.setattr(E, "rewindow_like_br35h", lambda im: seen.append(im.shape) or im)
+    rc = main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--tumor-free", str(tmp / "free"),
+               "--source-probe", "window"])
+    assert rc == 0 and len(seen) == 7  # 3 val + 4 tumor-free images, every one through the probe
+    m = json.loads((run / "eval_val_window" / "metrics.json").read_text())
+    assert m["dataset"]["source_probe"] == "window"
+    assert "images re-windowed" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- real data
 class GroundTruthPredictor:
     """Returns each image's own ground truth as detections with score 1, in dataset order.
