@@ -187,3 +187,15 @@ def test_source_folders_and_their_errors(tmp_path, tiny_data):
         Config({"SOURCES": [{"NAME": "a", "KIND": "zip", "WEIGHT": 1}]})
     with pytest.raises(ConfigError, match="WEIGHT must be a positive number"):
         Config({"SOURCES": [{"NAME": "a", "KIND": "split", "WEIGHT": 0}]})
+
+
+def test_data_check_reports_a_figshare_folder_by_split(tmp_path, capsys):
+    from braintumor.cli import main
+
+    lo, hi = VAL_BLOCKS[0]
+    folder = _figshare_folder(tmp_path / "fs", [1, 2, 3, lo, lo + 1])
+    assert main(["data", "check", "--data", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "train (figshare: annotations.json):" in out and "val (figshare: annotations.json):" in out
+    assert "  images: 3, instances: 3" in out and "  images: 2, instances: 2" in out
+    assert "instances per class: tumor 3" in out
