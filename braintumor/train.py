@@ -473,7 +473,7 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     print(f"data: {data_dir}: train {describe_training_set(train)}, val {len(val)} images", flush=True)
     strategy = _strategy(config)
     if strategy is not None:
-        print(f"strategy: MirroredStrategy, {strategy.num_replicas_in_sync} replicas "
+        print(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas "
               f"({', '.join(strategy.extended.worker_devices)})", flush=True)
         with strategy.scope():
             model = MaskRCNN("training", config, model_dir=logs)
