@@ -307,3 +307,85 @@ def test_upload_detect_and_bad_file_in_the_browser(server, tmp_path):
         finally:
             browser.close()
     assert "127.0.0.1" in server.log.read_text()
+
+
+# ----------------------------------------------------------------------------- slow: the released model on a real scan
+VAL_300 = ROOT.parent / "shared" / "data" / "brain_tumor_data" / "val" / "300.jpg"
+
+
+@pytest.fixture(scope="module")
+def release_server(tmp_path_factory):
+    """``braintumor app`` as ``make app`` starts it on a fresh clone: the repository's released model, empty logs/."""
+    from braintumor.release import find_releases
+
+    _require_browser()
+    models = ROOT / "models"
+    if not find_releases(models):
+        if os.environ.get("CI", "").lower() == "true" and (ROOT / "models").is_dir():
+            pytest.fail("models/ holds no released model, and CI=true requires the app to start with one")
+        pytest.skip("no released model in models/ yet")
+    logs = tmp_path_factory.mktemp("fresh") / "logs"
+    logs.mkdir()
+    env = {**_child_env(), "BRAINTUMOR_MODELS": str(models)}
+    port = _free_port()
+    log_path = logs.parent / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "braintumor", "app", "--port", str(port), "--no-browser",
+                                 "--logs", str(logs), "--ensure-weights"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"braintumor app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"braintumor app did not answer on {url}:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield SimpleNamespace(url=url, log=log_path)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_released_model_outlines_the_tumor_of_val_300(release_server):
+    """Issue 13's user story: a fresh clone, no logs, no --weights; val 300.jpg (a ~5 cm enhancing
+    tumor) must come back with a tumor outlined, never the green "Tümör bulunamadı"."""
+    from playwright.sync_api import sync_playwright
+
+    if not VAL_300.is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{VAL_300} not found, and CI=true requires it")
+        pytest.skip(f"{VAL_300} not available")
+    with sync_playwright() as p:
+        browser, page = _open_app(p, release_server.url)
+        try:
+            app_text = page.inner_text(".bt-app")
+            assert "Yayımlanan model" in page.inner_text(".bt-app select")
+            assert "Demo model" not in app_text, "the released model is not a demo model"
+            _upload(page, [VAL_300], 1)
+            page.click(".bt-detect")
+            page.wait_for_function(
+                "() => { const i = document.querySelector('img.bt-result-image');"
+                " return i && i.complete && i.naturalWidth > 0; }", timeout=600_000)
+            result = page.inner_text(".bt-result")
+            assert "300.jpg" in result and "tümör bulundu" in result, result
+            assert "Tümör bulunamadı" not in result
+            assert page.locator(".bt-stats").count() == 1 and "Güven" in result
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_release_300.png"), full_page=True)
+        finally:
+            browser.close()
