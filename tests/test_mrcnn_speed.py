@@ -145,3 +145,21 @@ def _molded(image, config):
 
     molded, metas, _ = mold_inputs([image], config)
     return molded, metas
+
+
+def test_validation_every_n_epochs_and_after_the_last(tmp_path):
+    from braintumor.mrcnn import MaskRCNN
+
+    cfg = tiny_config(VALIDATION_EVERY=2, EPOCHS=3, STEPS_PER_EPOCH=1, INPUT_WORKERS=1)
+    m = MaskRCNN("training", cfg, tmp_path)
+    seen = []
+
+    import keras
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch + 1, "val_loss" in (logs or {})))
+
+    ds = blob_dataset(2)
+    m.train(ds, ds, learning_rate=0.01, epochs=3, layers="heads", callbacks=[Spy()], verbose=0)
+    assert seen == [(1, False), (2, True), (3, True)]

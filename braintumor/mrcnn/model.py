@@ -433,9 +433,11 @@ class MaskRCNN:
         start = self.epoch
         if start >= epochs:
             return None
+        every = int(getattr(c, "VALIDATION_EVERY", 1))  # validate epochs N, 2N, ... and the last one
         history = self.keras_model.fit(
             train_ds, steps_per_epoch=c.STEPS_PER_EPOCH, epochs=epochs, initial_epoch=start,
             validation_data=val_ds, validation_steps=c.VALIDATION_STEPS if val_ds is not None else None,
+            validation_freq=1 if every <= 1 else [e for e in range(start + 1, epochs + 1) if e % every == 0 or e == epochs],
             callbacks=[_EpochCheckpoint(self)] + list(callbacks or []), verbose=verbose, shuffle=False)
         self.epoch = max(self.epoch, epochs)
         return history
