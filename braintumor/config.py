@@ -116,6 +116,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "INPUT_WORKERS": (0, "threads preparing training samples ahead of the step (0 = one generator thread); "
                          "the samples are the same for any number"),
     "VALIDATION_EVERY": (1, "run the VALIDATION_STEPS validation batches every N epochs only (1 = every epoch)"),
+    "VALIDATION_CACHE": (False, "keep the validation batches in memory after the first validation (every "
+                                "validation uses the same seeded batches; this only skips rebuilding them)"),
 }
 
 DEFAULTS: dict[str, Any] = {k: v for k, (v, _) in _SETTINGS.items()}
@@ -214,6 +216,8 @@ class Config:
         if isinstance(self.INPUT_WORKERS, bool) or not isinstance(self.INPUT_WORKERS, int) or self.INPUT_WORKERS < 0:
             raise ConfigError(f"INPUT_WORKERS must be a non-negative integer, got {self.INPUT_WORKERS!r}")
         _positive_int("VALIDATION_EVERY", self.VALIDATION_EVERY)
+        if not isinstance(self.VALIDATION_CACHE, bool):
+            raise ConfigError(f"VALIDATION_CACHE must be true or false, got {self.VALIDATION_CACHE!r}")
         if self.LAYERS not in LAYER_GROUPS:
             raise ConfigError(f"LAYERS must be one of {', '.join(LAYER_GROUPS)}, got {self.LAYERS!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:

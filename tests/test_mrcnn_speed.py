@@ -163,3 +163,16 @@ def test_validation_every_n_epochs_and_after_the_last(tmp_path):
     ds = blob_dataset(2)
     m.train(ds, ds, learning_rate=0.01, epochs=3, layers="heads", callbacks=[Spy()], verbose=0)
     assert seen == [(1, False), (2, True), (3, True)]
+
+
+def test_validation_cache_gives_the_same_validation_losses(tmp_path):
+    from braintumor.mrcnn import MaskRCNN
+
+    ds = blob_dataset(3, seed=5)
+    vals = {}
+    for cache in (False, True):
+        cfg = tiny_config(VALIDATION_CACHE=cache, EPOCHS=2, STEPS_PER_EPOCH=1, VALIDATION_STEPS=2)
+        h = MaskRCNN("training", cfg, tmp_path / str(cache)).train(ds, ds, learning_rate=1e-9, epochs=2,
+                                                                      layers="heads", verbose=0)
+        vals[cache] = [h.history[k] for k in sorted(h.history) if k.startswith("val_")]
+    np.testing.assert_allclose(vals[True], vals[False], rtol=1e-5)

@@ -424,6 +424,9 @@ class MaskRCNN:
         val_ds = None
         if val_dataset is not None and len(val_dataset) and c.VALIDATION_STEPS:
             val_ds = make_tf_dataset(val_dataset, c, None, seed=c.SEED + 1, shuffle=True)
+            if getattr(c, "VALIDATION_CACHE", False):
+                # every validation restarts this seeded stream: the same batches each time, so keep them
+                val_ds = val_ds.take(c.VALIDATION_STEPS).cache()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.log_dir / "config.toml"
         if not cfg_path.exists():
