@@ -9,6 +9,16 @@ Measured, each in its own subprocess (so peak RSS is per model: ``ru_maxrss`` of
   timed per batch by a Keras callback.
 - ``keras-forward-*`` / ``keras-train-*``: the floor, bare ``keras.applications.ResNet101/ResNet50
   (weights=None, include_top=False)`` forward, and SGD step on ``mean(features**2)`` (BN frozen), same size.
+- ``ours-train-preset``: one training step with the shipped preset's settings
+  (``mrcnn_config/resnet101.toml``: GroupNorm, its ROI counts, its augmentation through the real
+  input pipeline; ``--set`` overrides, ``--no-augment`` turns augmentation off), to read against
+  ``keras-train-resnet101`` measured in the same run (aim: at most 2.5 x).
+- ``ours-epoch-preset``: two epochs of ``--epoch-steps`` steps through ``MaskRCNN.train`` with the preset
+  (input pipeline, augmentation, validation scaled to the preset's ``VALIDATION_STEPS`` per
+  ``STEPS_PER_EPOCH``, the checkpoint); the second epoch's wall time against steps x its median step
+  time (aim: at most 1.15 x).
+- ``--profile DIR``: ``ours-train-preset`` also traces ``--profile-steps`` more steps with TensorFlow's
+  profiler into ``DIR`` and prints the top ops by self time, and the input pipeline's share.
 - ``torch-detect-resnet50`` / ``torch-train-resnet50``: torchvision ``maskrcnn_resnet50_fpn(weights=None,
   weights_backbone=None, num_classes=2)`` eval forward / train step at the same size, run with
   ``.venv-bench`` (torch + torchvision; made on first use from benchmarks/requirements-bench.txt).
@@ -50,6 +60,8 @@ BENCHES = {
     "ours-detect-resnet50": ("main", "ours_detect", "resnet50", "detect"),
     "ours-train-resnet101": ("main", "ours_train", "resnet101", "train"),
     "ours-train-resnet50": ("main", "ours_train", "resnet50", "train"),
+    "ours-train-preset": ("main", "ours_train_preset", "resnet101", "train"),
+    "ours-epoch-preset": ("main", "ours_epoch_preset", "resnet101", "epoch"),
     "keras-forward-resnet101": ("main", "keras_forward", "resnet101", "detect"),
     "keras-forward-resnet50": ("main", "keras_forward", "resnet50", "detect"),
     "keras-train-resnet101": ("main", "keras_train", "resnet101", "train"),
@@ -66,7 +78,9 @@ RATIOS = [
     ("train step / backbone train step, ResNet-101", "ours-train-resnet101", "keras-train-resnet101", None),
     ("train step / backbone train step, ResNet-50", "ours-train-resnet50", "keras-train-resnet50", None),
     ("our ResNet-50 train step / torchvision train step", "ours-train-resnet50", "torch-train-resnet50", None),
+    ("preset train step (GroupNorm) / backbone train step, ResNet-101", "ours-train-preset", "keras-train-resnet101", 2.5),
 ]
+PRESET = ROOT / "mrcnn_config" / "resnet101.toml"
 
 
 # =============================================================================
@@ -106,6 +120,7 @@ def _tf_setup():
 
 
 OVERRIDES: dict = {}  # --set KEY=VALUE settings for the ours-* rows (parsed as TOML values)
+OPTIONS: dict = {"augment": True, "profile": None, "profile_steps": 3}  # --no-augment, --profile, --profile-steps
 
 
 def _parse_overrides(pairs) -> dict:
@@ -197,6 +212,261 @@ def ours_train(backbone: str, size: int, runs: int, warmup: int) -> dict:
                     callbacks=[StepTimer()], verbose=0)
     return {"build_s": build, "warmup_s": steps[:warmup], "times_s": steps[warmup:],
             "params": int(model.keras_model.count_params())}
+
+
+def _preset_config(size: int):
+    """The shipped preset at ``size`` x ``size``, one image per step, with the ``--set`` overrides."""
+    from braintumor.config import Config
+
+    return Config.from_toml(PRESET, IMAGE_MAX_DIM=size, IMAGE_MIN_DIM=size, IMAGES_PER_GPU=1, GPU_COUNT=1, **OVERRIDES)
+
+
+class _SyntheticSet(_SyntheticDataset):
+    """``n`` synthetic scans, the tumor at varied places; every ``free_every``-th one without a tumor
+    (the preset's tumor-free share, 1 in 5)."""
+
+    def __init__(self, size: int, n: int = 10, free_every: int = 5):
+        import numpy as np
+
+        self.samples = []
+        for i in range(n):
+            image, _ = _synthetic_image(size, seed=i)
+            rng = np.random.default_rng(100 + i)
+            yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+            cy, cx, ry, rx = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.15)
+            tumor = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            if free_every and i % free_every == free_every - 1:
+                tumor[:] = False
+            image = image.copy()
+            image[tumor] = np.clip(image[tumor].astype(int) + 70, 0, 255).astype(np.uint8)
+            self.samples.append((image, tumor))
+        self.image_ids = range(n)
+        self.image_info = [{"path": Path(f"synthetic{i}.png"), "name": f"synthetic{i}.png", "height": size,
+                            "width": size, "tumor_free": not t.any()} for i, (_, t) in enumerate(self.samples)]
+        self.problems = []
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load_image(self, i):
+        return self.samples[i][0]
+
+    def load_mask(self, i):
+        import numpy as np
+
+        m = self.samples[i][1]
+        return (m[:, :, None].copy(), np.ones(1, np.int32)) if m.any() else (np.zeros(m.shape + (0,), bool), np.zeros(0, np.int32))
+
+
+def _step_timer(steps: list, epochs: list | None = None, val: list | None = None):
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(time.perf_counter() - self._t)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._e = time.perf_counter()
+            if epochs is not None:
+                epochs.append({"steps": []})
+                steps.clear()
+
+        def on_epoch_end(self, epoch, logs=None):  # after validation and the checkpoint
+            if epochs is not None:
+                epochs[-1].update(wall=time.perf_counter() - self._e, steps=list(steps))
+
+        def on_test_begin(self, logs=None):
+            self._v = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            if val is not None:
+                val.append(time.perf_counter() - self._v)
+
+    return Timer()
+
+
+def _profiler_callback(first: int, count: int, logdir: str):
+    """Traces train batches ``first`` .. ``first + count - 1`` of the first epoch into ``logdir``."""
+    import keras
+    import tensorflow as tf
+
+    class Profile(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == first:
+                tf.profiler.experimental.start(logdir)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == first + count - 1:
+                tf.profiler.experimental.stop()
+
+    return Profile()
+
+
+def ours_train_preset(backbone: str, size: int, runs: int, warmup: int) -> dict:
+    _tf_setup()
+    t = time.perf_counter()
+    from braintumor.mrcnn import MaskRCNN
+
+    profile, k = OPTIONS["profile"], (int(OPTIONS["profile_steps"]) if OPTIONS["profile"] else 0)
+    config = _preset_config(size).replace(STEPS_PER_EPOCH=warmup + runs + k, EPOCHS=1, LAYERS="all")
+    steps: list[float] = []
+    callbacks = [_step_timer(steps)]
+    if profile:
+        callbacks.append(_profiler_callback(warmup + runs, k, str(profile)))
+    with tempfile.TemporaryDirectory() as logs:
+        model = MaskRCNN(mode="training", config=config, model_dir=logs)
+        build = time.perf_counter() - t
+        aug = config.AUGMENTATION if OPTIONS["augment"] and config.AUGMENTATION else None
+        model.train(_SyntheticSet(size), None, learning_rate=config.LEARNING_RATE, epochs=1, layers="all",
+                    augmentation=aug, callbacks=callbacks, verbose=0)
+    res = {"build_s": build, "warmup_s": steps[:warmup], "times_s": steps[warmup:warmup + runs],
+           "params": int(model.keras_model.count_params()), "settings": _speed_settings(config, aug)}
+    if profile:
+        res["profile_steps_s"] = steps[warmup + runs:]
+        res["profile"] = summarize_profile(profile)
+    return res
+
+
+def ours_epoch_preset(backbone: str, size: int, runs: int, warmup: int) -> dict:
+    """Two epochs of ``runs`` steps; the second is timed whole (the first traces the graphs)."""
+    _tf_setup()
+    t = time.perf_counter()
+    import statistics as st
+
+    from braintumor.mrcnn import MaskRCNN
+
+    preset = _preset_config(size)
+    val_steps = max(1, round(runs * preset.VALIDATION_STEPS / preset.STEPS_PER_EPOCH))
+    config = preset.replace(STEPS_PER_EPOCH=runs, VALIDATION_STEPS=val_steps, EPOCHS=2, LAYERS="all")
+    steps: list[float] = []
+    epochs: list[dict] = []
+    val: list[float] = []
+    with tempfile.TemporaryDirectory() as logs:
+        model = MaskRCNN(mode="training", config=config, model_dir=logs)
+        build = time.perf_counter() - t
+        saves: list[float] = []
+        save = model.save_weights
+
+        def timed_save(*a, **k):  # the checkpoint written at every epoch's end
+            t0 = time.perf_counter()
+            save(*a, **k)
+            saves.append(time.perf_counter() - t0)
+
+        model.save_weights = timed_save
+        aug = config.AUGMENTATION if OPTIONS["augment"] and config.AUGMENTATION else None
+        model.train(_SyntheticSet(size), _SyntheticSet(size, n=4, free_every=0), learning_rate=config.LEARNING_RATE,
+                    epochs=2, layers="all", augmentation=aug, callbacks=[_step_timer(steps, epochs, val)], verbose=0)
+    last = epochs[-1]
+    median = st.median(last["steps"])
+    return {"build_s": build, "warmup_s": [epochs[0]["wall"]], "times_s": [last["wall"]],
+            "params": int(model.keras_model.count_params()), "steps": len(last["steps"]), "val_steps": val_steps,
+            "step_median_s": median, "steps_sum_s": sum(last["steps"]), "val_s": val[-1] if val else None,
+            "checkpoint_s": saves[-1] if saves else None,
+            "epoch_ratio": last["wall"] / (len(last["steps"]) * median), "settings": _speed_settings(config, aug)}
+
+
+def _speed_settings(config, aug) -> dict:
+    from braintumor.mrcnn.precision import compute_policy
+
+    return {"NORM": config.NORM, "GN_IMPL": config.GN_IMPL, "PRECISION": config.PRECISION,
+            "compute_policy": compute_policy(config), "INPUT_WORKERS": config.INPUT_WORKERS,
+            "TRAIN_ROIS_PER_IMAGE": config.TRAIN_ROIS_PER_IMAGE, "POST_NMS_ROIS_TRAINING": config.POST_NMS_ROIS_TRAINING,
+            "augmentation": bool(aug), "TF_XLA_FLAGS": os.environ.get("TF_XLA_FLAGS", "")}
+
+
+def summarize_profile(logdir, top: int = 10) -> dict:
+    """Top ops by self time in the newest ``*.xplane.pb`` under ``logdir`` (TensorFlow's profiler trace).
+
+    Op events are the ``name:Type`` events of the executor threads (``tf_Compute``); an op's self
+    time is its duration minus the op events nested in it on the same thread. Also: the time the
+    step waited for input (``PrefetchConsume``), and the time spent making samples in Python
+    (``PyFunc``, the generator of ``tf.data.Dataset.from_generator``)."""
+    import collections
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = sorted(Path(logdir).glob("plugins/profile/*/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {"error": f"no .xplane.pb under {logdir}"}
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(files[-1].read_bytes())
+    by_type, by_layer = collections.Counter(), collections.Counter()
+    count = collections.Counter()
+    input_wait = sample_making = steps_wall = 0.0
+    for plane in space.planes:
+        if not plane.name.startswith("/host"):
+            continue
+        for line in plane.lines:
+            name = line.name
+            events = sorted(((e.offset_ps, e.duration_ps, plane.event_metadata[e.metadata_id].name) for e in line.events))
+            if name.startswith("tf_data_iterator_get_next"):
+                input_wait += sum(d for _, d, n in events if n == "PrefetchConsume") / 1e12
+            if name == "python":
+                steps_wall += sum(d for _, d, n in events if n == "multi_step_on_iterator") / 1e12
+            if name.startswith("tf_data"):
+                sample_making += sum(d for _, d, n in events if n.startswith("PyFunc")) / 1e12
+            if not name.startswith("tf_Compute"):
+                continue
+            stack: list[list] = []  # [end, name, time of nested ops, duration]
+            ops = [(o, d, n) for o, d, n in events if ":" in n and "::" not in n]
+
+            def close(upto):
+                while stack and stack[-1][0] <= upto:
+                    end, n, child, dur = stack.pop()
+                    self_t = max(dur - child, 0) / 1e12
+                    node, _, op_type = n.rpartition(":")
+                    by_type[op_type] += self_t
+                    count[op_type] += 1
+                    by_layer[_layer_of(node)] += self_t
+                    if stack:
+                        stack[-1][2] += dur
+
+            for o, d, n in ops:
+                close(o)
+                stack.append([o + d, n, 0, d])
+            close(float("inf"))
+    total = sum(by_type.values()) or 1.0
+    return {"file": str(files[-1]), "op_self_s": total, "steps_wall_s": steps_wall, "input_wait_s": input_wait,
+            "sample_making_s": sample_making,
+            "top_op_types": [(k, v, v / total, count[k]) for k, v in by_type.most_common(top)],
+            "top_layers": [(k, v, v / total) for k, v in by_layer.most_common(top)]}
+
+
+def _layer_of(node: str) -> str:
+    """``StatefulPartitionedCall/gradient_tape/mask_rcnn_1/res4a_branch2b_1/convolution/...`` ->
+    ``res4a_branch2b (backward)``; ops outside the model's layers (optimizer, losses) by their scope."""
+    import re
+
+    parts = node.split("/")
+    direction = "backward" if "gradient_tape" in parts else "forward"
+    for i, p in enumerate(parts):
+        if p.startswith("mask_rcnn") and i + 1 < len(parts):
+            layer = re.sub(r"_\d+$", "", parts[i + 1])
+            if layer.startswith("rpn_model") and i + 2 < len(parts):
+                layer = "rpn_model/" + re.sub(r"_\d+$", "", parts[i + 2])
+            return f"{layer} ({direction})"
+    scope = [p for p in parts if p not in ("StatefulPartitionedCall", "gradient_tape")]
+    top = re.sub(r"_[0-9]+$", "", scope[0]) if scope else node
+    if top.lower() == "sgd":
+        return "SGD update (optimizer)"
+    # ops of train_step itself: the L2 weight-decay term (Square, AddN; Mul backward), the loss sum
+    return f"train_step/{top} ({direction})"
+
+
+def format_profile(name: str, prof: dict) -> str:
+    if "error" in prof:
+        return f"profile of {name}: {prof['error']}"
+    lines = [f"profile of {name} ({prof['file']}): op self time {prof['op_self_s']:.2f} s over "
+             f"{prof['steps_wall_s']:.2f} s of steps; waited for input {prof['input_wait_s']:.2f} s; "
+             f"sample making (Python generator) {prof['sample_making_s']:.2f} s",
+             "", "| op type | self time (s) | share | calls |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {v:.3f} | {f:.1%} | {c} |" for k, v, f, c in prof["top_op_types"]]
+    lines += ["", "| layer (direction) | self time (s) | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.3f} | {f:.1%} |" for k, v, f in prof["top_layers"]]
+    return "\n".join(lines)
 
 
 def _keras_resnet(backbone: str, size: int):
@@ -327,16 +597,23 @@ def run_child(name: str, args) -> dict:
     """Run one benchmark in a fresh process; add its peak RSS (``ru_maxrss`` from ``os.wait4``)."""
     interp, _, _, kind = BENCHES[name]
     python = str(BENCH_PY) if interp == "torch" else sys.executable
-    runs = args.train_runs if kind == "train" else args.runs
-    warmup = args.train_warmup if kind == "train" else args.warmup
+    runs = {"train": args.train_runs, "epoch": args.epoch_steps}.get(kind, args.runs)
+    warmup = {"train": args.train_warmup, "epoch": 0}.get(kind, args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "out.json", Path(tmp) / "log.txt"
         cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--size", str(args.size),
                "--runs", str(runs), "--warmup", str(warmup), "--worker-out", str(out)]
         cmd += [a for pair in (args.set or ()) for a in ("--set", pair)]
+        if args.no_augment:
+            cmd.append("--no-augment")
+        if args.profile and name == "ours-train-preset":
+            cmd += ["--profile", str(Path(args.profile).resolve()), "--profile-steps", str(args.profile_steps)]
+        env = dict(os.environ)
+        if args.xla_auto and name.startswith("ours-"):  # XLA auto-clustering: must be set before TensorFlow starts
+            env["TF_XLA_FLAGS"] = (env.get("TF_XLA_FLAGS", "") + " --tf_xla_auto_jit=2 --tf_xla_cpu_global_jit").strip()
         t = time.perf_counter()
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t
@@ -386,6 +663,11 @@ def compute_ratios(results: dict) -> list[dict]:
         r = a / b
         out.append({"label": label, "numerator": num, "denominator": den, "ratio": r, "aim_max": aim,
                     "meets_aim": None if aim is None else r <= aim})
+    epoch = results.get("ours-epoch-preset", {})
+    if "epoch_ratio" in epoch:
+        out.append({"label": f"whole epoch / ({epoch['steps']} steps x median step), preset", "numerator": "ours-epoch-preset",
+                    "denominator": "ours-epoch-preset steps", "ratio": epoch["epoch_ratio"], "aim_max": 1.15,
+                    "meets_aim": epoch["epoch_ratio"] <= 1.15})
     return out
 
 
@@ -401,6 +683,15 @@ def format_table(results: dict, ratios: list[dict]) -> str:
             notes.append(f"{r['detections']} detections")
         if "torch_threads" in r:
             notes.append(f"{r['torch_threads']} torch threads")
+        if "epoch_ratio" in r:
+            notes.append(f"epoch of {r['steps']} steps + {r['val_steps']} val batches; median step {r['step_median_s']:.3f} s, "
+                         f"steps {r['steps_sum_s']:.1f} s, validation {r['val_s'] or 0:.1f} s, checkpoint {r.get('checkpoint_s') or 0:.1f} s, "
+                         f"other {r['times_s'][0] - r['steps_sum_s'] - (r['val_s'] or 0) - (r.get('checkpoint_s') or 0):.1f} s")
+        if "settings" in r:
+            st = r["settings"]
+            notes.append(f"{st['NORM']}/{st['GN_IMPL']}, {st['compute_policy']}, {st['INPUT_WORKERS']} input workers, "
+                         f"{'augmented' if st['augmentation'] else 'no augmentation'}"
+                         + (", XLA auto-clustering" if "xla_auto_jit" in st["TF_XLA_FLAGS"] else ""))
         lines.append(f"| {name} | {r['median_s']:.3f} | {min(r['times_s']):.3f} | {len(r['times_s'])} | "
                      f"{r['peak_rss_mb']:.0f} | {r['build_s']:.1f} | {r['params'] / 1e6:.1f} | {', '.join(notes)} |")
     lines += ["", "| ratio | value | aim |", "|---|---:|---|"]
@@ -439,10 +730,18 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", type=Path, default=HERE, help="where results.json and README.md go")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config setting for the ours-* rows, e.g. --set NORM=gn --set TRAIN_BN=true (repeatable)")
+    p.add_argument("--epoch-steps", type=int, default=20, help="steps per epoch of ours-epoch-preset (default 20; 3 with --quick)")
+    p.add_argument("--no-augment", action="store_true", help="the preset rows without the preset's augmentation")
+    p.add_argument("--xla-auto", action="store_true",
+                   help="run our rows with XLA auto-clustering (TF_XLA_FLAGS=--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit)")
+    p.add_argument("--profile", metavar="DIR", help="ours-train-preset also traces --profile-steps steps into DIR "
+                   "(TensorFlow profiler; open with TensorBoard's profile plugin) and prints the top ops")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps traced with --profile (default 3)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     OVERRIDES.update(_parse_overrides(args.set))
+    OPTIONS.update(augment=not args.no_augment, profile=args.profile, profile_steps=args.profile_steps)
 
     if args.worker:
         _, fn, backbone, _ = BENCHES[args.worker]
@@ -452,6 +751,7 @@ def main(argv=None) -> int:
 
     if args.quick:
         args.runs, args.warmup, args.train_runs, args.train_warmup = 2, 1, 1, 1
+        args.epoch_steps = min(args.epoch_steps, 3)
     names = args.only or list(BENCHES)
     if any(BENCHES[n][0] == "torch" for n in names):
         if args.no_torch or not ensure_bench_venv():
@@ -472,10 +772,15 @@ def main(argv=None) -> int:
     table = format_table(results, ratios)
     print()
     print(table)
+    for name, r in results.items():
+        if "profile" in r:
+            print()
+            print(format_profile(name, r["profile"]))
     if args.no_write:
         return 0 if all("error" not in r for r in results.values()) else 1
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    settings = {"overrides": OVERRIDES, "size": args.size, "runs": args.runs, "warmup": args.warmup, "train_runs": args.train_runs,
+    settings = {"overrides": OVERRIDES, "augment": not args.no_augment, "xla_auto": args.xla_auto,
+                "epoch_steps": args.epoch_steps, "size": args.size, "runs": args.runs, "warmup": args.warmup, "train_runs": args.train_runs,
                 "train_warmup": args.train_warmup, "benchmarks": names}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out_dir / "results.json", json.dumps(
