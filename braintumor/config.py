@@ -332,7 +332,7 @@ class Config:
         tables = []
         for k in DEFAULTS:
             v = getattr(self, k)
-            if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            if isinstance(v, dict):  # [TABLE]s go last; lists of tables stay inline arrays among the keys
                 tables.append(k)
                 continue
             lines.append(f"# {COMMENTS[k]}")

@@ -100,3 +100,13 @@ def test_overrides_and_display(capsys):
     assert "LEARNING_RATE" in capsys.readouterr().out and "IMAGE_SHAPE" in text
     assert c.replace(IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=256).IMAGE_SHAPE == [256, 256, 3]
     assert c.schedule() == [{"epochs": 3, "layers": "all", "learning_rate": c.LEARNING_RATE}]
+
+
+def test_sources_and_class_map_round_trip_through_the_run_config(tmp_path):
+    from braintumor.config import Config
+
+    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101_figshare.toml")
+    assert c.SOURCES and c.CLASS_MAP and c.AUGMENTATION
+    c.save(tmp_path / "config.toml")
+    back = Config.from_toml(tmp_path / "config.toml")
+    assert back.SOURCES == c.SOURCES and back.CLASS_MAP == c.CLASS_MAP and back.to_dict() == c.to_dict()
