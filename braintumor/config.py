@@ -75,7 +75,7 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "FPN_CLASSIF_FC_LAYERS_SIZE": (1024, "width of the classifier head's two FC layers"),
     "NORM": ("bn", "normalisation: bn (BatchNorm, Matterport's) or gn (GroupNorm, for training from scratch)"),
     "TRAIN_BN": (False, "train BatchNorm layers (False freezes them: batches are small); gn always trains"),
-    "GN_IMPL": ("keras", "GroupNorm code: keras (keras.layers.GroupNormalization) or fused (same weights and "
+    "GN_IMPL": ("fused", "GroupNorm code: keras (keras.layers.GroupNormalization) or fused (same weights and "
                          "output, statistics per channel and a hand-written gradient; braintumor.mrcnn.norm)"),
     "POOL_SIZE": (7, "ROIAlign output size for the classifier head"),
     "MASK_POOL_SIZE": (14, "ROIAlign output size for the mask head"),

@@ -102,8 +102,11 @@ def test_whole_window_conv_computes_the_valid_conv_with_the_same_weights():
 def test_groupnorm_heads_have_no_batch_statistics():
     import keras
 
-    m = build_inference_model(tiny_config(NORM="gn"))
-    for name in ("mrcnn_class_bn1", "mrcnn_class_bn2", "mrcnn_mask_bn1", "mrcnn_mask_bn4", "bn_conv1", "bn2a_branch2c"):
-        layer = m.get_layer(name)
-        assert isinstance(layer, keras.layers.GroupNormalization) and [w.name for w in layer.weights] == ["gamma", "beta"], name
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
+    from braintumor.mrcnn.norm import FusedGroupNorm
+
+    for impl, cls in (("keras", keras.layers.GroupNormalization), ("fused", FusedGroupNorm)):
+        m = build_inference_model(tiny_config(NORM="gn", GN_IMPL=impl))
+        for name in ("mrcnn_class_bn1", "mrcnn_class_bn2", "mrcnn_mask_bn1", "mrcnn_mask_bn4", "bn_conv1", "bn2a_branch2c"):
+            layer = m.get_layer(name)
+            assert isinstance(layer, cls) and [w.name for w in layer.weights] == ["gamma", "beta"], (impl, name)
+        assert not any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
