@@ -10,6 +10,7 @@ expects the one-line error while the good file in the same batch still runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,13 +169,14 @@ def tiny_logs(tmp_path_factory):
     return logs
 
 
-@pytest.fixture(scope="module")
-def server(tiny_logs):
+@contextlib.contextmanager
+def _serving(logs: Path, env: dict, *extra: str):
+    """``braintumor app`` on a free localhost port with ``logs``, until the block ends; fails with its log."""
     port = _free_port()
-    log_path = tiny_logs.parent / "server.log"
+    log_path = logs.parent / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "braintumor", "app", "--port", str(port), "--no-browser",
-                                 "--logs", str(tiny_logs)], cwd=ROOT, env=_child_env(), stdout=log,
+                                 "--logs", str(logs), *extra], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -200,6 +202,12 @@ def server(tiny_logs):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_logs):
+    with _serving(tiny_logs, _child_env()) as served:
+        yield served
 
 
 def _scan(path: Path) -> Path:
@@ -326,37 +334,8 @@ def release_server(tmp_path_factory):
         pytest.skip("no released model in models/ yet")
     logs = tmp_path_factory.mktemp("fresh") / "logs"
     logs.mkdir()
-    env = {**_child_env(), "BRAINTUMOR_MODELS": str(models)}
-    port = _free_port()
-    log_path = logs.parent / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "braintumor", "app", "--port", str(port), "--no-browser",
-                                 "--logs", str(logs), "--ensure-weights"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"braintumor app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"braintumor app did not answer on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield SimpleNamespace(url=url, log=log_path)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with _serving(logs, {**_child_env(), "BRAINTUMOR_MODELS": str(models)}, "--ensure-weights") as served:
+        yield served
 
 
 @pytest.mark.slow
