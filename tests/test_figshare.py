@@ -199,3 +199,15 @@ def test_data_check_reports_a_figshare_folder_by_split(tmp_path, capsys):
     assert "train (figshare: annotations.json):" in out and "val (figshare: annotations.json):" in out
     assert "  images: 3, instances: 3" in out and "  images: 2, instances: 2" in out
     assert "instances per class: tumor 3" in out
+
+
+def test_train_source_option_errors_are_one_line(tiny_data, capsys):
+    from braintumor.cli import main
+
+    preset = str(Path(__file__).resolve().parents[1] / "mrcnn_config" / "resnet101_figshare.toml")
+    assert main(["train", "--config", preset, "--data", str(tiny_data), "--source", "nope=/x"]) == 2
+    assert main(["train", "--config", preset, "--data", str(tiny_data), "--source", "figshare"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: --source nope: the preset has no such source")
+    assert "brain_tumor_data, figshare, tumor_free" in err[0]
+    assert err[1] == "error: --source needs NAME=DIR, got 'figshare'"
