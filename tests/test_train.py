@@ -189,13 +189,17 @@ def test_ctrl_c_saves_the_epoch_in_progress(tiny_preset, tiny_data, tmp_path, mo
 
 @pytest.mark.slow
 def test_same_seed_same_first_epoch_losses(tiny_preset, tiny_data, tmp_path):
+    # Same seed: the same losses up to float round-off. oneDNN's threaded reductions are not
+    # bit-exact from run to run on every CPU (a CI machine differed by 3.7e-5 relative), so
+    # the bound is 5e-4; a different seed must move the losses by far more than that.
     losses = []
-    for k in range(2):
+    for k, seed in enumerate((42, 42, 7)):
         config = build_config(_args(tiny_preset, tiny_data, tmp_path, epochs=1, steps=2, name=f"seed{k}"))
-        run = run_training(config, tiny_data, tmp_path / "logs", verbose=0)
+        run = run_training(config.replace(SEED=seed), tiny_data, tmp_path / "logs", verbose=0)
         row = read_history(run / "history.csv")[0]
-        losses.append([float(row[k]) for k in ("loss", "rpn_class_loss", "mrcnn_class_loss")])
-    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+        losses.append(np.array([float(row[k]) for k in ("loss", "rpn_class_loss", "mrcnn_class_loss")]))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=5e-4)
+    assert np.max(np.abs(losses[2] - losses[0]) / np.abs(losses[0])) > 5e-3
 
 
 _MIRRORED = r"""
