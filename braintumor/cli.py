@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>)")
     ev.add_argument("--logs", default="logs", help="logs folder for --weights last")
     ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
+    ev.add_argument("--at-operating-point", action="store_true",
+                    help="report at the operating point found on these images (sensitivity >= 0.95), "
+                         "from the same detections: one pass instead of two")
     ev.add_argument("--source-size", type=int, metavar="PX",
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--source-probe", choices=["window"],

@@ -201,7 +201,8 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
 
 
 def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_dataset=None, progress: bool = True,
-                     min_sensitivity: float = MIN_SENSITIVITY, label: str = "split") -> dict[str, Any]:
+                     min_sensitivity: float = MIN_SENSITIVITY, label: str = "split",
+                     at_operating_point: bool = False) -> dict[str, Any]:
     """Run ``predictor`` on an annotated ``dataset`` (and ``tumor_free_dataset``) and compute every metric.
 
     predictor: has ``detect(list of uint8 [H, W, 3]) -> list of result dicts``
@@ -210,6 +211,11 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     Returns a results dict (see :func:`evaluate_records`) with ``speed``
     (images/s of ``detect`` alone, batch of 1) and the in-memory ``_records``,
     ``_dataset`` for :func:`write_report`.
+
+    ``at_operating_point``: report at the operating point chosen on these very
+    images (sensitivity >= ``min_sensitivity``) instead of ``min_confidence``, from
+    the same detections (one pass over the images, not two); ``threshold_from``
+    says which. Needs tumor-free images (``tumor_free_dataset`` or the split's own).
     """
     if len(dataset) == 0:
         raise BrainTumorError(f"{label}: no images to evaluate")
@@ -220,6 +226,14 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
         times = times + more
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
     res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity)
+    res["threshold_from"] = "given"
+    if at_operating_point:
+        op = res["operating_point"]
+        if op is None or op.get("threshold") is None:
+            raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
+                                  f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
+        res = evaluate_records(records, op["threshold"], free_records, class_names, min_sensitivity)
+        res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)
     res["_records"], res["_dataset"] = records, dataset
@@ -529,6 +543,11 @@ def cli_evaluate(args) -> int:
     from braintumor.paths import resolve_data_dir
 
     threshold = args.min_confidence
+    at_op = bool(getattr(args, "at_operating_point", False))
+    if at_op and threshold is not None:
+        raise BrainTumorError("--at-operating-point chooses the threshold itself; leave out --min-confidence")
+    if at_op and args.images:
+        raise BrainTumorError("--at-operating-point needs an annotated split (with --tumor-free), not --images")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise BrainTumorError(f"--min-confidence must be in (0, 1], got {threshold}")
     tumor_free_dir = getattr(args, "tumor_free", None)
@@ -582,11 +601,13 @@ def cli_evaluate(args) -> int:
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
           + (f", every image shrunk to {source_size} px and back" if source_size else "")
-          + (", every image re-windowed like Br35H" if window else ""), flush=True)
+          + (", every image re-windowed like Br35H" if window else "")
+          + ("; then reported at its operating point" if at_op else ""), flush=True)
     if args.images:
         results = evaluate_folder(predictor, dataset, threshold, label=label)
     else:
-        results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label)
+        results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label,
+                                   at_operating_point=at_op)
     results["weights"] = str(predictor.weights_path)
     if source_size is not None:
         results["dataset"]["source_size"] = int(source_size)

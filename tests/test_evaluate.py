@@ -11,6 +11,7 @@ import pytest
 from braintumor import evaluate as E
 from braintumor.boxes import masks_to_boxes
 from braintumor.config import Config
+from braintumor.errors import BrainTumorError
 
 H = W = 64
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -126,6 +127,25 @@ def test_evaluate_dataset_numbers():
     curve = res["curves"]["threshold"]
     k = curve["threshold"].index(0.5)
     assert curve["sensitivity"][k] == pytest.approx(2 / 3) and curve["specificity"][k] == pytest.approx(0.75)
+
+
+def test_at_operating_point_reports_there_from_one_pass():
+    split, free, predictor = scenario()
+    res = E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False, at_operating_point=True)
+    assert predictor.calls == 7  # the same detections, not a second pass
+    assert res["threshold"] == pytest.approx(0.3) and res["threshold_from"] == "operating point"
+    assert res["segmentation"]["dice_mean"] == pytest.approx((1 + 0.5 + 1) / 3)  # "missed" is found at 0.3
+    assert res["image_level"]["sensitivity_any"] == 1.0 and res["image_level"]["specificity"] == pytest.approx(0.75)
+    assert res["tumor_free"]["flagged"] == ["f0.jpg"]
+    assert res["operating_point"]["threshold"] == pytest.approx(0.3)
+    plain = E.evaluate_dataset(scenario()[2], split, 0.5, tumor_free_dataset=free, progress=False)
+    assert plain["threshold_from"] == "given" and plain["segmentation"]["dice_mean"] == pytest.approx(0.5)
+
+
+def test_at_operating_point_without_tumor_free_images_is_one_line():
+    split, _, predictor = scenario()
+    with pytest.raises(BrainTumorError, match="split: no operating point"):
+        E.evaluate_dataset(predictor, split, 0.5, progress=False, at_operating_point=True)
 
 
 def test_write_report_files_and_numbers(tmp_path, monkeypatch):
