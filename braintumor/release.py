@@ -672,6 +672,7 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
         "export_commit": _git_commit(),
         "architecture": {"model": "Mask R-CNN + FPN", "backbone": config.BACKBONE, "norm": config.NORM,
                          "preset_name": config.NAME, "image_size_px": int(config.IMAGE_MAX_DIM),
+                         "inference_precision": config.PRECISION,
                          "class_names": list(config.CLASS_NAMES)},
         "operating_point": {"threshold": round(float(threshold), 4),
                             "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this"},
@@ -708,7 +709,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
              f"stored as {card.get('storage', {}).get('encoding')} and restored as float32: "
              + ", ".join(f"`{Path(f['path']).name}` ({f['bytes'] / 1e6:.1f} MB)" for f in files
                          if str(f.get("path", "")).endswith(".h5"))
-             + (f", {total / 1e6:.1f} MB in all." if total else "."), ""]
+             + (f", {total / 1e6:.1f} MB in all." if total else ".")
+             + (f" Trained in {a['training_precision']}, it computes in {a.get('inference_precision')} on every machine."
+                if a.get("training_precision") not in (None, a.get("inference_precision")) else ""), ""]
     if files:
         head = next((f for f in files if f.get("role") == "head"), files[0])
         lines += [f"sha256 `{head.get('sha256')}`; card `{Path(card_path(head['path'])).name}`; "
@@ -901,6 +904,10 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     if is_release(ckpt):
         raise BrainTumorError(f"{ckpt}: already a released model; export reads a training checkpoint")
     cfg = config_for_checkpoint(ckpt, config)
+    # A released model answers the same on every machine: float32 inference, whatever the run
+    # trained with (PRECISION = "mixed_bfloat16" only where the CPU has bfloat16).
+    training_precision = cfg.PRECISION
+    cfg = cfg.replace(PRECISION="float32")
     run_cfg_path = Path(config) if config else ckpt.parent / "config.toml"
     t = float(cfg.DETECTION_MIN_CONFIDENCE if threshold is None else threshold)
     if not 0.0 < t <= 1.0:
@@ -954,6 +961,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
                    "reference": reference, "checked": False}
     card = build_card(name=rel_name, config=cfg, run=run, metrics=summaries, threshold=t, encoding=encoding,
                       command=command, equivalence=equivalence, replaces=replaces)
+    card["architecture"]["training_precision"] = training_precision
     embedded_cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=t)
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
             "run_config.toml": run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else "",

@@ -67,7 +67,8 @@ def _metrics(path: Path, dice: float) -> Path:
     return path
 
 
-def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive: bool = True) -> Path:
+def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive: bool = True,
+              precision: str = "float32") -> Path:
     """A run folder with config.toml, history.csv and ``mask_rcnn_<name>_<epoch>.h5``; returns the checkpoint."""
     import keras
 
@@ -75,7 +76,7 @@ def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive:
 
     keras.utils.set_random_seed(1)
     cfg = tiny_config(NAME=name, IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, DETECTION_MIN_CONFIDENCE=THRESHOLD,
-                      STEPS_PER_EPOCH=steps_per_epoch)
+                      STEPS_PER_EPOCH=steps_per_epoch, PRECISION=precision)
     run = logs / f"{name}20240101T0000"
     run.mkdir(parents=True)
     cfg.save(run / "config.toml")
@@ -95,7 +96,7 @@ def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("release")
-    ckpt = _make_run(root / "logs", "tiny", epoch=2, steps_per_epoch=600)
+    ckpt = _make_run(root / "logs", "tiny", epoch=2, steps_per_epoch=600, precision="mixed_bfloat16")
     data = _write_via_val(root / "data")
     models = root / "models"
     metrics = _metrics(root / "eval" / "metrics.json", dice=0.61)
@@ -152,6 +153,11 @@ def test_embedded_config_and_threshold(exported):
     assert rel.threshold == THRESHOLD and rel.encoding == "float16"
     assert json.loads(rel.meta["class_names.json"]) == ["BG", "tumor"]
     assert "STEPS_PER_EPOCH = 600" in rel.meta["run_config.toml"]
+    # trained with bfloat16, released for float32 inference everywhere
+    assert 'PRECISION = "mixed_bfloat16"' in rel.meta["run_config.toml"] and cfg.PRECISION == "float32"
+    arch = exported["card"]["architecture"]
+    assert (arch["training_precision"], arch["inference_precision"]) == ("mixed_bfloat16", "float32")
+    assert "Trained in mixed_bfloat16, it computes in float32 on every machine." in R.render_card_markdown(exported["card"])
 
 
 def test_released_model_detects_like_the_float32_checkpoint(exported):
