@@ -224,7 +224,7 @@ def test_damaged_release_is_refused_in_one_line_naming_the_file(exported, tmp_pa
 
 
 def test_missing_shard_and_cli_error_are_one_line(exported, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(R, "SHARD_TARGET_BYTES", 10_000_000)  # force several shards
+    monkeypatch.setattr(R.storage, "SHARD_TARGET_BYTES", 10_000_000)  # force several shards
     from braintumor.mrcnn import MaskRCNN
 
     model = MaskRCNN("inference", R.open_release(exported["head"]).config(), model_dir=tmp_path)

@@ -1,0 +1,261 @@
+"""The model card: what a release was trained on, how, and how well (JSON and a README section)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from braintumor.errors import BrainTumorError
+from braintumor.paths import PROJECT_ROOT
+from braintumor.release.demo import _epoch_from_name, training_steps
+from braintumor.release.files import card_path
+
+CARD_START = "<!-- model-card:start -->"
+CARD_END = "<!-- model-card:end -->"
+
+LICENCES = [
+    {"data": "brain_tumor_data (train 202 / val 61 images, VIA polygons)",
+     "source": "https://github.com/rastislavkopal/brain-tumor-segmentation",
+     "licence": "the terms of its repository (see there)"},
+    {"data": "Figshare brain tumor dataset (J. Cheng, 2017; 3064 T1-weighted contrast-enhanced slices)",
+     "source": "https://doi.org/10.6084/m9.figshare.1512427", "licence": "CC BY 4.0"},
+    {"data": "Br35H tumor-free slices (the 'no' folder)",
+     "source": "https://github.com/AhmedHamada0/Brain-Tumor-Detection-Dataset",
+     "licence": "the terms of its repository and of Br35H :: Brain Tumor Detection 2020 (see there)"},
+]
+
+
+# =============================================================================== the model card
+def _git_commit(root: Path = PROJECT_ROOT) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+local changes" if dirty.stdout.strip() else "")
+
+
+def run_summary(ckpt: Path, config) -> dict[str, Any]:
+    """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data."""
+    from braintumor.train import read_history
+
+    run = ckpt.parent
+    epoch = _epoch_from_name(ckpt)
+    rows = [r for r in read_history(run / "history.csv") if epoch is None or int(r["epoch"]) <= epoch]
+    secs = [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds") not in (None, "")]
+    out: dict[str, Any] = {
+        "run_folder": run.name, "checkpoint": ckpt.name, "epoch": epoch,
+        "steps_per_epoch": int(config.STEPS_PER_EPOCH), "steps": training_steps(ckpt, config),
+        "wall_seconds": round(sum(secs), 1) if secs else None,
+        "history_epochs": len(rows) or None,
+        "init": config.INIT,
+        "tumor_free_dirs": list(config.TUMOR_FREE_DIRS), "tumor_free_fraction": config.TUMOR_FREE_FRACTION,
+    }
+    if rows:
+        last = rows[-1]
+        out["final_losses"] = {k: float(last[k]) for k in ("loss", "val_loss", "mrcnn_mask_loss", "val_mrcnn_mask_loss")
+                               if last.get(k) not in (None, "")}
+    for extra in ("SOURCES",):
+        if hasattr(config, extra):
+            out[extra.lower()] = getattr(config, extra)
+    for name in ("data.json", "run.json"):
+        p = run / name
+        if p.is_file():
+            try:
+                out[name[:-5]] = json.loads(p.read_text(encoding="utf-8"))
+            except ValueError:
+                out[name[:-5]] = f"{name}: not valid JSON"
+    for name in ("command.txt", "commit.txt"):
+        p = run / name
+        if p.is_file():
+            out[name[:-4]] = p.read_text(encoding="utf-8").strip()
+    return out
+
+
+def _get(d: Any, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def metrics_summary(metrics: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """The card's figures from one ``metrics.json`` of ``braintumor evaluate`` (None where absent)."""
+    r = lambda v: round(float(v), 4) if isinstance(v, (int, float)) else v  # noqa: E731
+    op = metrics.get("operating_point") or {}
+    return {
+        "file": source,
+        "split": _get(metrics, "dataset", "label"),
+        "source_size_px": _get(metrics, "dataset", "source_size"),
+        "weights": metrics.get("weights"),
+        "threshold": r(metrics.get("threshold")),
+        "n_images": _get(metrics, "dataset", "n_images"),
+        "n_tumor_free_images": _get(metrics, "tumor_free", "n_images", default=_get(metrics, "dataset", "n_extra_tumor_free_images")),
+        "dice_mean": r(_get(metrics, "segmentation", "dice_mean")),
+        "mask_map50": r(_get(metrics, "coco", "segm", "map50")),
+        "mask_map": r(_get(metrics, "coco", "segm", "map")),
+        "box_map50": r(_get(metrics, "coco", "bbox", "map50")),
+        "box_map": r(_get(metrics, "coco", "bbox", "map")),
+        "precision": r(_get(metrics, "instances", "precision")),
+        "recall": r(_get(metrics, "instances", "recall")),
+        "fp_per_image": r(_get(metrics, "instances", "fp_per_image")),
+        "sensitivity": r(_get(metrics, "image_level", "sensitivity_any")),
+        "sensitivity_overlap": r(_get(metrics, "image_level", "sensitivity_overlap")),
+        "specificity": r(_get(metrics, "image_level", "specificity")),
+        "tumor_free_fp_per_image": r(_get(metrics, "tumor_free", "fp_per_image")),
+        "operating_point": {k: r(op.get(k)) for k in ("threshold", "sensitivity", "specificity")} if op else None,
+    }
+
+
+def read_metrics(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """:func:`metrics_summary` of each metrics.json (a folder means its metrics.json); one-line errors."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "metrics.json"
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BrainTumorError(f"{p}: metrics file not found (braintumor evaluate ... --out DIR writes it)") from None
+        except (OSError, ValueError) as e:
+            raise BrainTumorError(f"{p}: not a readable metrics.json ({e})") from None
+        if not isinstance(doc, dict) or doc.get("kind") not in ("split", "folder"):
+            raise BrainTumorError(f"{p}: not a metrics.json of braintumor evaluate (no 'kind')")
+        out.append(metrics_summary(doc, str(p)))
+    return out
+
+
+def headline_val(summaries: Sequence[dict]) -> dict[str, Any] | None:
+    """The val figures of the card: the first full-resolution evaluation of the val split, else the first one."""
+    split = [s for s in summaries if s.get("split") is not None and s.get("n_images")]
+    for s in split:
+        if s["split"] == "val" and not s.get("source_size_px"):
+            return s
+    return split[0] if split else None
+
+
+def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: float, encoding: str,
+               command: str | None, equivalence: dict | None, replaces: dict | None) -> dict[str, Any]:
+    """The model card (JSON-ready) before files and digests are known."""
+    from braintumor import __version__
+
+    val = headline_val(metrics)
+    return {
+        "card_version": 1,
+        "name": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "braintumor_version": __version__,
+        "export_commit": _git_commit(),
+        "architecture": {"model": "Mask R-CNN + FPN", "backbone": config.BACKBONE, "norm": config.NORM,
+                         "preset_name": config.NAME, "image_size_px": int(config.IMAGE_MAX_DIM),
+                         "inference_precision": config.PRECISION,
+                         "class_names": list(config.CLASS_NAMES)},
+        "operating_point": {"threshold": round(float(threshold), 4),
+                            "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this"},
+        "storage": {"encoding": encoding,
+                    "restored_as": "float32",
+                    "note": ("float16: 2 bytes per weight, relative rounding error <= 2**-11"
+                             if encoding == "float16" else
+                             "int8 per output channel with float32 scales: 1 byte per weight")},
+        "training": {**run, "command": command or run.get("command")},
+        "val": val,
+        "evaluations": list(metrics),
+        "licences": LICENCES,
+        "equivalence": equivalence,
+        "replaces": replaces,
+        "intended_use": "research tool, not a medical device: every result must be reviewed by a qualified physician",
+    }
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def render_card_markdown(card: dict[str, Any]) -> str:
+    """The card as a README section (Markdown, no markers)."""
+    a, t, v = card.get("architecture", {}), card.get("training", {}), card.get("val") or {}
+    files = card.get("files", [])
+    total = sum(f.get("bytes", 0) for f in files if str(f.get("path", "")).endswith(".h5"))
+    lines = [f"**Released model: `{card.get('name')}`** ({a.get('model')}, {a.get('backbone')}, "
+             f"{a.get('norm')} norm, {a.get('image_size_px')} px; preset `{a.get('preset_name')}`), "
+             f"stored as {card.get('storage', {}).get('encoding')} and restored as float32: "
+             + ", ".join(f"`{Path(f['path']).name}` ({f['bytes'] / 1e6:.1f} MB)" for f in files
+                         if str(f.get("path", "")).endswith(".h5"))
+             + (f", {total / 1e6:.1f} MB in all." if total else ".")
+             + (f" Trained in {a['training_precision']}, it computes in {a.get('inference_precision')} on every machine."
+                if a.get("training_precision") not in (None, a.get("inference_precision")) else ""), ""]
+    if files:
+        head = next((f for f in files if f.get("role") == "head"), files[0])
+        lines += [f"sha256 `{head.get('sha256')}`; card `{Path(card_path(head['path'])).name}`; "
+                  f"exported {card.get('created')} from commit `{card.get('export_commit')}`.", ""]
+    hours = t.get("wall_seconds") / 3600 if isinstance(t.get("wall_seconds"), (int, float)) else None
+    lines += [f"Training: run `{t.get('run_folder')}`, checkpoint `{t.get('checkpoint')}`, "
+              f"{_fmt(t.get('steps'))} steps ({_fmt(t.get('epoch'))} epochs × {_fmt(t.get('steps_per_epoch'))})"
+              + (f", {hours:.1f} h of training" if hours is not None else "")
+              + f", init `{t.get('init')}`" + (f"; `{t['command']}`" if t.get("command") else "") + ".", ""]
+    data = t.get("data") if isinstance(t.get("data"), dict) else None
+    if data:
+        train = ", ".join(f"{x.get('name')} {x.get('images')} images" + (f" ({x['per_pass']} per pass)" if x.get("per_pass") else "")
+                          for x in data.get("train", []) if isinstance(x, dict))
+        lines += [f"Training data (the run's data.json): {train or '—'}; val {_get(data, 'val', 'images', default='—')} "
+                  f"images; held-out tumor-free slices {_get(data, 'tumor_free_held_out', 'images', default='—')}.", ""]
+    elif t.get("tumor_free_dirs") or t.get("sources"):
+        lines += [f"Training data: the run folder has no data.json; config sources {t.get('sources') or '—'}, "
+                  f"tumor-free folders {t.get('tumor_free_dirs') or '—'}.", ""]
+    if v:
+        op = v.get("operating_point") or {}
+        lines += ["| val figure | value |", "|---|---:|",
+                  f"| images (tumor-free held-out slices) | {_fmt(v.get('n_images'))} ({_fmt(v.get('n_tumor_free_images'))}) |",
+                  f"| threshold (operating point) | {_fmt(card.get('operating_point', {}).get('threshold'))} |",
+                  f"| Dice (mean over val images) | {_fmt(v.get('dice_mean'))} |",
+                  f"| mask mAP@0.5 / @[.5:.95] | {_fmt(v.get('mask_map50'))} / {_fmt(v.get('mask_map'))} |",
+                  f"| box mAP@0.5 / @[.5:.95] | {_fmt(v.get('box_map50'))} / {_fmt(v.get('box_map'))} |",
+                  f"| image-level sensitivity / specificity at {_fmt(v.get('threshold'))} | "
+                  f"{_fmt(v.get('sensitivity'))} / {_fmt(v.get('specificity'))} |",
+                  f"| false positives per val image | {_fmt(v.get('fp_per_image'))} |"]
+        if op:
+            lines.append(f"| operating point chosen by evaluate (sens ≥ 0.95) | {_fmt(op.get('threshold'))}: "
+                         f"{_fmt(op.get('sensitivity'))} / {_fmt(op.get('specificity'))} |")
+        lines.append("")
+    eq = card.get("equivalence") or {}
+    if eq.get("checked"):
+        lines += [f"Equivalence with the float32 checkpoint on {eq.get('n_images')} val images: decisions "
+                  f"{'identical' if eq.get('decisions_identical') else 'DIFFERENT'}, largest box difference "
+                  f"{_fmt(eq.get('max_box_diff_px'), 1)} px, largest Dice difference {_fmt(eq.get('max_dice_diff'), 4)}, "
+                  f"largest weight error {_fmt(eq.get('max_abs_weight_error'), 6)}.", ""]
+    rep = card.get("replaces")
+    if rep:
+        lines += [f"Replaces `{rep.get('file')}` (val Dice {_fmt(rep.get('val_dice'))} → {_fmt(v.get('dice_mean'))}; "
+                  f"{'better' if rep.get('better_on_val') else 'NOT better'} on val).", ""]
+    lines += ["Data: " + "; ".join(f"{x['data']} — {x['source']} ({x['licence']})" for x in card.get("licences", [])) + ".",
+              "", f"Use: {card.get('intended_use')}."]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: str | os.PathLike, card: dict[str, Any]) -> None:
+    """Replace the text between :data:`CARD_START` and :data:`CARD_END` in ``readme`` with the rendered card."""
+    p = Path(readme)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BrainTumorError(f"{p}: cannot read ({e.strerror or e})") from None
+    i, j = text.find(CARD_START), text.find(CARD_END)
+    if i < 0 or j < i:
+        raise BrainTumorError(f"{p}: no {CARD_START} ... {CARD_END} markers to put the model card between")
+    new = text[: i + len(CARD_START)] + "\n" + render_card_markdown(card) + text[j:]
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, p)

@@ -1,0 +1,71 @@
+"""Demo models: checkpoints trained too few steps to read scans (never a green "no tumor found")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from braintumor.errors import BrainTumorError
+from braintumor.release.files import _CKPT_EPOCH_RE, is_release
+
+# =============================================================================== runs and demo models
+def _epoch_from_name(path: Path) -> int | None:
+    m = _CKPT_EPOCH_RE.search(path.name)
+    return int(m.group(1)) if m else None
+
+
+def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0) -> int | None:
+    """Optimizer steps behind a checkpoint: epoch (from its name, else history.csv rows) × STEPS_PER_EPOCH,
+    plus the steps of the checkpoint its run started from (``INIT`` = a path). None when unknown."""
+    from braintumor.inference import config_for_checkpoint
+
+    path = Path(weights_path)
+    if config is None:
+        try:
+            config = config_for_checkpoint(path)
+        except BrainTumorError:
+            return None
+    epoch = _epoch_from_name(path)
+    if epoch is None:
+        from braintumor.train import read_history
+
+        rows = read_history(path.parent / "history.csv")
+        epoch = len(rows) if rows else None
+    if epoch is None:
+        return None
+    steps = epoch * int(config.STEPS_PER_EPOCH)
+    init = str(getattr(config, "INIT", "random"))
+    if _depth < 5 and init not in ("random", "imagenet", "coco", "last") and Path(init).is_file():
+        before = training_steps(init, None, _depth + 1)
+        steps += before or 0
+    return steps
+
+
+def demo_reason(weights_path: str | os.PathLike, config=None) -> str | None:
+    """Why a checkpoint is a demo model (one line), or None when it may read scans.
+
+    A release is never a demo model. Otherwise the run must have trained at
+    least ``MIN_STEPS_FOR_READING`` steps (:func:`training_steps`); unknown steps count as too few.
+    ``config``: a Config or preset path used instead of the run's config.toml.
+    """
+    from braintumor.config import Config
+    from braintumor.inference import config_for_checkpoint
+
+    path = Path(weights_path)
+    if is_release(path):
+        return None
+    try:
+        cfg = config if isinstance(config, Config) else config_for_checkpoint(path, config)
+    except BrainTumorError:
+        return "training steps unknown (no config.toml beside the checkpoint)"
+    need = int(getattr(cfg, "MIN_STEPS_FOR_READING", 1000))
+    steps = training_steps(path, cfg)
+    if steps is None:
+        return f"training steps unknown (fewer than {need} cannot be ruled out)"
+    if steps < need:
+        return f"trained {steps} steps, fewer than MIN_STEPS_FOR_READING = {need}"
+    return None
+
+
+DEMO_WARNING = "Demo model: not trained for reading scans"
+DEMO_WARNING_TR = "Demo model: tarama okumak için eğitilmedi"
