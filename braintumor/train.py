@@ -430,6 +430,27 @@ def live_curves_callback():
     return LiveCurves()
 
 
+def record_resumed_config(path: Path, config: Config, epoch: int) -> list[str]:
+    """A run resumed with changed settings (a longer schedule, another precision...): ``path``
+    (the run's ``config.toml``) then holds the settings in force from ``epoch + 1`` on, and the
+    earlier ones move to ``config_until_<epoch>.toml`` beside it. Returns the changes,
+    ``"KEY old -> new"`` (``INIT`` is not a change: resuming sets it to ``last``)."""
+    try:
+        old = Config.from_toml(path).to_dict()
+    except Exception as err:  # an unreadable record is kept aside, never lost
+        old, changed = None, [f"unreadable earlier config ({err})"]
+    new = config.to_dict()
+    if old is not None:
+        changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                   if k != "INIT" and old.get(k) != new.get(k)]
+    if changed:
+        keep = path.with_name(f"config_until_{epoch:04d}.toml")
+        if not keep.exists():
+            os.replace(path, keep)
+        config.save(path)
+    return changed
+
+
 def write_data_summary(path: Path, train: Any, val: Any, held: Any, data_dir: Path) -> None:
     """``data.json`` of a run: its training sources with image counts and per-pass draws, val and
     the held-out tumor-free slices (what a model card needs to say what the model was trained on)."""
@@ -484,6 +505,11 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.toml").exists():
         config.save(run_dir / "config.toml")
+    else:
+        changed = record_resumed_config(run_dir / "config.toml", config, model.epoch)
+        if changed:
+            print(f"settings changed on resuming at epoch {model.epoch}: " + ", ".join(changed)
+                  + f"; the earlier ones kept in config_until_{model.epoch:04d}.toml", flush=True)
     if not (run_dir / "data.json").exists():
         write_data_summary(run_dir / "data.json", train, val, held, data_dir)
     print(f"run folder: {run_dir}", flush=True)

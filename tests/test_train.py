@@ -134,6 +134,25 @@ def test_a_plain_dataset_gives_every_image_once_per_pass(tiny_data):
     assert [sorted(next(passes)) for _ in range(2)] == [[0, 1, 2, 3]] * 2
 
 
+def test_resuming_with_changed_settings_keeps_both_records(tmp_path):
+    from braintumor.train import record_resumed_config
+
+    path = tmp_path / "config.toml"
+    first = Config({"NAME": "tiny", "EPOCHS": 28, "LEARNING_RATE": 0.003})
+    first.save(path)
+    assert record_resumed_config(path, first.replace(INIT="last"), 24) == []  # INIT alone is no change
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+    longer = first.replace(EPOCHS=66, PRECISION="mixed_bfloat16", INIT="last")
+    assert record_resumed_config(path, longer, 25) == ["EPOCHS 28 -> 66", "PRECISION 'float32' -> 'mixed_bfloat16'"]
+    assert Config.from_toml(path).EPOCHS == 66 and Config.from_toml(path).PRECISION == "mixed_bfloat16"
+    assert Config.from_toml(tmp_path / "config_until_0025.toml").EPOCHS == 28
+    path.write_text("EPOCHS = [", encoding="utf-8")  # a damaged record is kept aside, not lost
+    changed = record_resumed_config(path, longer, 30)
+    assert changed[0].startswith("unreadable earlier config")
+    assert (tmp_path / "config_until_0030.toml").read_text() == "EPOCHS = ["
+    assert Config.from_toml(path).EPOCHS == 66
+
+
 # ------------------------------------------------------------------ runs (TensorFlow)
 @pytest.mark.slow
 def test_run_writes_checkpoints_history_and_curves_then_resumes(tiny_preset, tiny_data, tmp_path):
@@ -159,6 +178,9 @@ def test_run_writes_checkpoints_history_and_curves_then_resumes(tiny_preset, tin
     assert [d for d in logs.iterdir() if d.is_dir()] == [run]
     assert (run / "mask_rcnn_tiny_0002.h5").is_file()
     assert [r["epoch"] for r in read_history(run / "history.csv")] == ["1", "2"]
+    # the longer schedule is recorded; the settings of epoch 1 are kept beside it
+    assert Config.from_toml(run / "config.toml").EPOCHS == 2
+    assert Config.from_toml(run / "config_until_0001.toml").EPOCHS == 1
 
     # evaluate --weights last on the same logs
     out = tmp_path / "eval"
