@@ -213,8 +213,9 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     ``_dataset`` for :func:`write_report`.
 
     ``at_operating_point``: report at the operating point chosen on these very
-    images (sensitivity >= ``min_sensitivity``) instead of ``min_confidence``, from
-    the same detections (one pass over the images, not two); ``threshold_from``
+    images (sensitivity >= ``min_sensitivity``; its ``robust_threshold``, see
+    :func:`braintumor.metrics.choose_operating_point`) instead of ``min_confidence``,
+    from the same detections (one pass over the images, not two); ``threshold_from``
     says which. Needs tumor-free images (``tumor_free_dataset`` or the split's own).
     """
     if len(dataset) == 0:
@@ -232,7 +233,7 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
         if op is None or op.get("threshold") is None:
             raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
                                   f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
-        res = evaluate_records(records, op["threshold"], free_records, class_names, min_sensitivity)
+        res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity)
         res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)

@@ -427,18 +427,25 @@ def choose_operating_point(tumor_max_scores: Sequence[float], free_max_scores: S
     sensitivity 0. No tumor images -> threshold None. No tumor-free images ->
     specificity None (the highest threshold reaching the sensitivity is chosen).
 
-    Returns ``{"threshold", "sensitivity", "specificity", "reachable", "min_sensitivity", "note"}``.
+    ``robust_threshold`` gives the same decisions on these images but sits halfway between
+    ``threshold`` (an image's own max score) and the next lower max score (0 if none): a
+    threshold equal to a score flips that image on the slightest round-off (float16
+    storage, another CPU), so a model is shipped with the robust one.
+
+    Returns ``{"threshold", "robust_threshold", "sensitivity", "specificity", "reachable",
+    "min_sensitivity", "note"}``.
     """
     tumor = np.asarray(tumor_max_scores, dtype=np.float64).reshape(-1)
     free = np.asarray(free_max_scores, dtype=np.float64).reshape(-1)
     base = {"min_sensitivity": min_sensitivity}
     if not len(tumor):
-        return {**base, "threshold": None, "sensitivity": None, "specificity": None, "reachable": False,
+        return {**base, "threshold": None, "robust_threshold": None, "sensitivity": None, "specificity": None,
+                "reachable": False,
                 "note": "no tumor images: sensitivity is undefined"}
     cands = np.unique(np.r_[tumor, free])
     cands = cands[cands > 0]
     if not len(cands):
-        return {**base, "threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0 if len(free) else None,
+        return {**base, "threshold": 1.0, "robust_threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0 if len(free) else None,
                 "reachable": min_sensitivity <= 0, "note": "the model made no detection on any image"}
     sens = (tumor[None, :] >= cands[:, None]).mean(axis=1)
     spec = 1.0 - (free[None, :] >= cands[:, None]).mean(axis=1) if len(free) else np.zeros(len(cands))
@@ -455,5 +462,7 @@ def choose_operating_point(tumor_max_scores: Sequence[float], free_max_scores: S
     note = ("" if reachable else
             f"sensitivity {min_sensitivity:.2f} is not reachable at any threshold > 0; "
             f"this is the threshold with the highest sensitivity ({sens[k]:.3f})")
-    return {**base, "threshold": float(cands[k]), "sensitivity": float(sens[k]),
+    below = float(cands[k - 1]) if k > 0 else 0.0
+    return {**base, "threshold": float(cands[k]), "robust_threshold": (float(cands[k]) + below) / 2,
+            "sensitivity": float(sens[k]),
             "specificity": float(spec[k]) if len(free) else None, "reachable": reachable, "note": note}

@@ -133,7 +133,8 @@ def test_at_operating_point_reports_there_from_one_pass():
     split, free, predictor = scenario()
     res = E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False, at_operating_point=True)
     assert predictor.calls == 7  # the same detections, not a second pass
-    assert res["threshold"] == pytest.approx(0.3) and res["threshold_from"] == "operating point"
+    # halfway between the lowest flagged tumor score (0.3) and the next lower score (0.2)
+    assert res["threshold"] == pytest.approx(0.25) and res["threshold_from"] == "operating point"
     assert res["segmentation"]["dice_mean"] == pytest.approx((1 + 0.5 + 1) / 3)  # "missed" is found at 0.3
     assert res["image_level"]["sensitivity_any"] == 1.0 and res["image_level"]["specificity"] == pytest.approx(0.75)
     assert res["tumor_free"]["flagged"] == ["f0.jpg"]

@@ -189,6 +189,12 @@ def test_threshold_curves_by_hand():
 def test_operating_point_basic():
     op = M.choose_operating_point([0.9, 0.8, 0.7, 0.6], [0.65, 0.2, 0.0], min_sensitivity=0.75)
     assert op["threshold"] == pytest.approx(0.7)
+    assert op["robust_threshold"] == pytest.approx(0.675)  # halfway down to the next score, 0.65
+    tumor, free = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.65, 0.2, 0.0])
+    for jitter in (-0.01, 0.01):  # round-off of 0.01 on every score changes no decision
+        assert ((tumor + jitter >= op["robust_threshold"]).mean(), (free + jitter < op["robust_threshold"]).mean()) \
+            == (op["sensitivity"], op["specificity"]) == (0.75, 1.0)
+        assert (tumor + jitter >= op["threshold"]).mean() != 0.75 or jitter > 0  # the score itself is fragile
     assert op["sensitivity"] == 0.75 and op["specificity"] == 1.0 and op["reachable"]
 
 
