@@ -261,6 +261,19 @@ def test_export_refuses_to_replace_without_replace_then_replaces(exported, tmp_p
     assert sorted(p.name for p in models.iterdir()) == sorted([new.name, R.card_path(new).name])
 
 
+def test_export_takes_the_operating_point_of_evaluate_at_operating_point(exported, tmp_path):
+    doc = json.loads(exported["metrics"].read_text())
+    doc.update(threshold=0.61234567, threshold_from="operating point")
+    metrics = tmp_path / "op" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(doc))
+    card = R.export(exported["ckpt"], out=tmp_path / "models", metrics=[str(metrics)], equivalence_images=0,
+                    log=lambda *a: None)
+    rel = R.open_release(R.find_releases(tmp_path / "models")[0])
+    assert rel.threshold == 0.61234567 and card["val"]["threshold"] == 0.61234567  # exact, not rounded
+    assert card["val"]["threshold_from"] == "operating point"
+
+
 def test_readme_section_between_markers(exported, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{R.CARD_START}\nold text\n{R.CARD_END}\nafter\n")

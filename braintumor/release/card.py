@@ -96,7 +96,8 @@ def metrics_summary(metrics: dict[str, Any], source: str = "") -> dict[str, Any]
         "split": _get(metrics, "dataset", "label"),
         "source_size_px": _get(metrics, "dataset", "source_size"),
         "weights": metrics.get("weights"),
-        "threshold": r(metrics.get("threshold")),
+        "threshold": metrics.get("threshold"),  # a setting, kept exact (the release may use it)
+        "threshold_from": metrics.get("threshold_from"),
         "n_images": _get(metrics, "dataset", "n_images"),
         "n_tumor_free_images": _get(metrics, "tumor_free", "n_images", default=_get(metrics, "dataset", "n_extra_tumor_free_images")),
         "dice_mean": r(_get(metrics, "segmentation", "dice_mean")),

@@ -59,10 +59,13 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     training_precision = cfg.PRECISION
     cfg = cfg.replace(PRECISION="float32")
     run_cfg_path = Path(config) if config else ckpt.parent / "config.toml"
+    summaries = read_metrics(metrics)
+    if threshold is None and summaries and summaries[0].get("threshold_from") == "operating point":
+        threshold = summaries[0]["threshold"]  # evaluate --at-operating-point chose it on val
+        log(f"threshold {threshold:.4f}: the operating point of {summaries[0]['file']}")
     t = float(cfg.DETECTION_MIN_CONFIDENCE if threshold is None else threshold)
     if not 0.0 < t <= 1.0:
         raise BrainTumorError(f"--threshold must be in (0, 1], got {t}")
-    summaries = read_metrics(metrics)
     for s in summaries:
         if s.get("threshold") is not None and abs(s["threshold"] - t) > 1e-6:
             log(f"warning: {s['file']} was evaluated at threshold {s['threshold']}, the release's is {t}")
