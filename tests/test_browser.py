@@ -206,7 +206,11 @@ def _serving(logs: Path, env: dict, *extra: str):
 
 @pytest.fixture(scope="module")
 def server(tiny_logs):
-    with _serving(tiny_logs, _child_env()) as served:
+    # a module-scoped server starts before conftest's per-test empty $BRAINTUMOR_MODELS: give it
+    # its own, so the app serves the tiny checkpoint and not the repository's release
+    models = tiny_logs.parent / "no_release"
+    models.mkdir(exist_ok=True)
+    with _serving(tiny_logs, {**_child_env(), "BRAINTUMOR_MODELS": str(models)}) as served:
         yield served
 
 
