@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ ACCEPT = ".jpg,.jpeg,.png,.dcm"
 THRESHOLD_FLOOR = 0.05
 """Lowest slider value; the app's predictor keeps detections down to this score so the slider can go below the run's default."""
 DEFAULT_THRESHOLD = 0.7
+THRESHOLD_STEP = 0.001
+
+
+def slider_threshold(t: float) -> float:
+    """``t`` on the slider's grid (steps of :data:`THRESHOLD_STEP`), rounded **down**: a model's
+    operating point (e.g. 0.4962) must never become a higher threshold in the app (0.50), which
+    would miss the tumor scans scoring in between; the 1e-9 keeps 0.3 at 0.3."""
+    return round(math.floor(float(t) / THRESHOLD_STEP + 1e-9) * THRESHOLD_STEP, 6)
 DISPLAY_MAX_SIDE = 1024
 """Longer side, in pixels, of each half of the picture shown in the page (downloads keep full size)."""
 _RESULT_CACHE_SIZE = 8
@@ -71,7 +80,7 @@ TEXT: dict[str, dict[str, str]] = {
         "load_failed": "Model yüklenemedi: {msg}",
         "no_tumor": "Tümör bulunamadı",
         "found": "{n} tümör bulundu",
-        "threshold_used": "eşik {t:.2f}",
+        "threshold_used": "eşik {t:.3f}",
         "bad_file": "Dosya işlenemedi",
         "original": "Orijinal",  # drawn into the PNG with the built-in font: keep ASCII
         "detection": "Tespit",
@@ -116,7 +125,7 @@ TEXT: dict[str, dict[str, str]] = {
         "load_failed": "The model could not be loaded: {msg}",
         "no_tumor": "No tumor found",
         "found": "{n} tumor(s) found",
-        "threshold_used": "threshold {t:.2f}",
+        "threshold_used": "threshold {t:.3f}",
         "bad_file": "Could not process the file",
         "original": "Original",
         "detection": "Detection",
@@ -324,8 +333,8 @@ class TumorApp:
         self.colab_box.add_class("bt-colab-upload")
         self.checkpoint = W.Dropdown(options=[], layout=W.Layout(width="auto", min_width="360px"))
         self.refresh_button = W.Button(icon="refresh", layout=W.Layout(width="auto"))
-        self.threshold = W.FloatSlider(value=DEFAULT_THRESHOLD, min=THRESHOLD_FLOOR, max=0.99, step=0.01,
-                                       readout_format=".2f", continuous_update=False,
+        self.threshold = W.FloatSlider(value=DEFAULT_THRESHOLD, min=THRESHOLD_FLOOR, max=0.99, step=THRESHOLD_STEP,
+                                       readout_format=".3f", continuous_update=False,
                                        style={"description_width": "initial"}, layout=W.Layout(width="420px"))
         self.button = W.Button(button_style="primary", icon="search",
                                 layout=W.Layout(width="200px", height="40px", margin="2px 0 2px 12px"))
@@ -461,7 +470,7 @@ class TumorApp:
 
     def _on_checkpoint(self, change) -> None:
         if change.get("new") and not self._refreshing:
-            t = _default_threshold(change["new"], self.config)
+            t = slider_threshold(_default_threshold(change["new"], self.config))
             self.threshold.value = min(max(t, self.threshold.min), self.threshold.max)
             self._render_banner()
 

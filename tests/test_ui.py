@@ -347,3 +347,11 @@ def test_big_images_are_shown_smaller_but_downloaded_full_size(app_and_factory):
     assert a.overlay.shape == (1500, 3000, 3) and a.report["detections"][0]["area_px"] == 300 * 400
     png = re.search(r'href="data:image/png;base64,([^"]+)"', _html(app.results)).group(1)
     assert np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))).shape == (1500, 3000, 3)
+
+
+def test_the_slider_never_raises_a_models_operating_point():
+    from braintumor.ui import slider_threshold
+
+    assert slider_threshold(0.49622516334056854) == 0.496  # the release's: down, never up to 0.497 or 0.50
+    assert slider_threshold(0.3) == 0.3 and slider_threshold(0.7) == 0.7  # values on the grid stay
+    assert slider_threshold(0.4999) == 0.499
