@@ -69,7 +69,7 @@ TEXT: dict[str, dict[str, str]] = {
         "loading": "Model yükleniyor… (ilk seferde bir dakika kadar sürebilir)",
         "ready": "Model hazır: {ckpt}",
         "processing": "İşleniyor ({i}/{n}): {name}…",
-        "done": "{n} dosya işlendi ({failed} hatalı). Eşik: {t:.2f}",
+        "done": "{n} dosya işlendi ({failed} hatalı). Eşik: {t:.3f}",
         "no_files": "Önce bir MR görüntüsü yükleyiniz.",
         "no_ckpt": "Yayımlanmış model (<code>models/</code>) yok ve {logs} klasöründe model ağırlığı (.h5) "
                    "bulunamadı. Projenin kaynak kopyasını yeniden alın (yayımlanmış model onunla gelir) ya da "
@@ -114,7 +114,7 @@ TEXT: dict[str, dict[str, str]] = {
         "loading": "Loading the model… (the first time can take a minute)",
         "ready": "Model ready: {ckpt}",
         "processing": "Processing ({i}/{n}): {name}…",
-        "done": "{n} file(s) processed ({failed} failed). Threshold: {t:.2f}",
+        "done": "{n} file(s) processed ({failed} failed). Threshold: {t:.3f}",
         "no_files": "Upload an MR image first.",
         "no_ckpt": "No released model (<code>models/</code>) and no model weights (.h5) in {logs}. Get a fresh "
                    "copy of the project (the released model comes with it), or train with "
