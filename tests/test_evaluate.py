@@ -314,6 +314,11 @@ def test_cli_evaluate_bad_input_is_one_line(fake_stack, capsys):
     assert main(["evaluate", "--weights", "x.h5", "--images", str(tmp / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: --min-confidence") and err[1] == f"error: {tmp / 'nope'}: not a folder"
+    assert main(["evaluate", "--weights", "x.h5", "--at-operating-point", "--min-confidence", "0.5"]) == 2
+    assert main(["evaluate", "--weights", "x.h5", "--at-operating-point", "--images", str(tmp / "free")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --at-operating-point chooses the threshold itself; leave out --min-confidence",
+                   "error: --at-operating-point needs an annotated split (with --tumor-free), not --images"]
 
 
 def test_degrade_resolution_blurs_fine_detail_keeps_size_and_leaves_small_images():
