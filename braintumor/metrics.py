@@ -440,13 +440,13 @@ def choose_operating_point(tumor_max_scores: Sequence[float], free_max_scores: S
     base = {"min_sensitivity": min_sensitivity}
     if not len(tumor):
         return {**base, "threshold": None, "robust_threshold": None, "sensitivity": None, "specificity": None,
-                "reachable": False,
-                "note": "no tumor images: sensitivity is undefined"}
+                "reachable": False, "note": "no tumor images: sensitivity is undefined"}
     cands = np.unique(np.r_[tumor, free])
     cands = cands[cands > 0]
     if not len(cands):
-        return {**base, "threshold": 1.0, "robust_threshold": 1.0, "sensitivity": 0.0, "specificity": 1.0 if len(free) else None,
-                "reachable": min_sensitivity <= 0, "note": "the model made no detection on any image"}
+        return {**base, "threshold": 1.0, "robust_threshold": 1.0, "sensitivity": 0.0,
+                "specificity": 1.0 if len(free) else None, "reachable": min_sensitivity <= 0,
+                "note": "the model made no detection on any image"}
     sens = (tumor[None, :] >= cands[:, None]).mean(axis=1)
     spec = 1.0 - (free[None, :] >= cands[:, None]).mean(axis=1) if len(free) else np.zeros(len(cands))
     feasible = sens >= min_sensitivity - 1e-9

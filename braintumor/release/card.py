@@ -145,8 +145,10 @@ def headline_val(summaries: Sequence[dict]) -> dict[str, Any] | None:
 
 
 def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: float, encoding: str,
-               command: str | None, equivalence: dict | None, replaces: dict | None) -> dict[str, Any]:
-    """The model card (JSON-ready) before files and digests are known."""
+               command: str | None, equivalence: dict | None, replaces: dict | None,
+               training_precision: str | None = None) -> dict[str, Any]:
+    """The model card (JSON-ready) before files and digests are known; ``config`` is the
+    release's (inference) config, ``training_precision`` the run's ``PRECISION``."""
     from braintumor import __version__
 
     val = headline_val(metrics)
@@ -159,6 +161,7 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
         "architecture": {"model": "Mask R-CNN + FPN", "backbone": config.BACKBONE, "norm": config.NORM,
                          "preset_name": config.NAME, "image_size_px": int(config.IMAGE_MAX_DIM),
                          "inference_precision": config.PRECISION,
+                         "training_precision": training_precision or config.PRECISION,
                          "class_names": list(config.CLASS_NAMES)},
         "operating_point": {"threshold": round(float(threshold), 4),
                             "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this"},

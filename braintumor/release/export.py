@@ -113,8 +113,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     equivalence = {"threshold": t, "floor": EQUIVALENCE_FLOOR, "data": str(data_dir) if samples else None,
                    "reference": reference, "checked": False}
     card = build_card(name=rel_name, config=cfg, run=run, metrics=summaries, threshold=t, encoding=encoding,
-                      command=command, equivalence=equivalence, replaces=replaces)
-    card["architecture"]["training_precision"] = training_precision
+                      command=command, equivalence=equivalence, replaces=replaces,
+                      training_precision=training_precision)
     embedded_cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=t)
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
             "run_config.toml": run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else "",
