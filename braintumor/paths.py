@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -27,3 +28,11 @@ def resolve_preset(arg: str | os.PathLike) -> Path:
     if p.exists() or p.suffix == ".toml" or len(p.parts) > 1:
         return p
     return PRESETS_DIR / f"{p.name}.toml"
+
+
+def read_history(path: str | os.PathLike) -> list[dict]:
+    """The rows of a run's ``history.csv`` (one dict per epoch, values as text); [] when absent."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -30,7 +30,7 @@ import numpy as np
 
 from braintumor.config import Config
 from braintumor.errors import BrainTumorError
-from braintumor.paths import resolve_data_dir, resolve_preset
+from braintumor.paths import read_history, resolve_data_dir, resolve_preset
 
 LOSS_NAMES = ("loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -292,13 +292,6 @@ def append_history(path: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_history(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def plot_history(csv_path: Path, png_path: Path) -> None:
     """Draw every loss (train solid, val dashed) against the epoch into ``png_path`` (atomically)."""
     import matplotlib
@@ -406,6 +399,12 @@ def initialise(model, config: Config, init: str, logs: Path) -> str:
     path = Path(init)
     if not path.is_file():
         raise BrainTumorError(f"{path}: weights file not found (--init takes random, imagenet, coco, last or a path)")
+    from braintumor.release import is_release, load_release_weights
+
+    if is_release(path):  # a released model (float16 storage, shards): a new run starts from its weights
+        report = load_release_weights(model.keras_model, path)
+        model.set_log_dir()
+        return f"weights of the released model {path}: {report}"
     report = model.load_weights(str(path), by_name=True)
     if not str(path.resolve()).startswith(str(Path(logs).resolve())):
         model.set_log_dir()

@@ -184,6 +184,28 @@ def test_export_recorded_the_equivalence_check(exported):
     assert 0 < eq["max_abs_weight_error"] < 1e-2
 
 
+def test_training_can_start_from_a_release_as_a_new_run(exported, tmp_path):
+    """``train --init models/<release>.h5``: a training model gets the release's weights (float16
+    storage, restored as float32) and a new run folder, not the release's folder."""
+    from braintumor.mrcnn import MaskRCNN
+    from braintumor.train import initialise
+
+    cfg = R.open_release(exported["head"]).config(NAME="stage2")
+    model = MaskRCNN("training", cfg, model_dir=tmp_path / "logs")
+    before = {v.path: v.numpy().copy() for v in model.keras_model.weights}
+    said = initialise(model, cfg, str(exported["head"]), tmp_path / "logs")
+    assert said.startswith(f"weights of the released model {exported['head']}")
+    assert model.epoch == 0 and model.log_dir.parent == tmp_path / "logs" and model.log_dir.name.startswith("stage2")
+    stored = R.read_tensors(R.open_release(exported["head"]))
+    entries = R.storage._model_entries(model.keras_model)
+    assert len(entries) == len(stored)
+    for key, v in entries:
+        np.testing.assert_array_equal(v.numpy(), stored[key].astype(np.float32), err_msg=key)
+    changed = [p for p, v in before.items() if not np.array_equal(v, dict((w.path, w) for w in model.keras_model.weights)[p].numpy())]
+    kernels = [p for p in before if p.endswith("kernel")]
+    assert kernels and set(kernels) <= set(changed), "every random kernel was replaced by the release's"
+
+
 def test_tensors_decode_to_the_recorded_float32_statistics(exported):
     """What the CI test of the real release does: every restored tensor matches its float32 norm and sum."""
     rel = R.open_release(exported["head"])

@@ -44,7 +44,7 @@ def _git_commit(root: Path = PROJECT_ROOT) -> str | None:
 
 def run_summary(ckpt: Path, config) -> dict[str, Any]:
     """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data."""
-    from braintumor.train import read_history
+    from braintumor.paths import read_history
 
     run = ckpt.parent
     epoch = _epoch_from_name(ckpt)

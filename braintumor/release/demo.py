@@ -27,7 +27,7 @@ def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0
             return None
     epoch = _epoch_from_name(path)
     if epoch is None:
-        from braintumor.train import read_history
+        from braintumor.paths import read_history
 
         rows = read_history(path.parent / "history.csv")
         epoch = len(rows) if rows else None
