@@ -68,7 +68,7 @@ def _metrics(path: Path, dice: float) -> Path:
 
 
 def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive: bool = True,
-              precision: str = "float32") -> Path:
+              precision: str = "float32", init: str = "random") -> Path:
     """A run folder with config.toml, history.csv and ``mask_rcnn_<name>_<epoch>.h5``; returns the checkpoint."""
     import keras
 
@@ -76,7 +76,7 @@ def _make_run(logs: Path, name: str, epoch: int, steps_per_epoch: int, decisive:
 
     keras.utils.set_random_seed(1)
     cfg = tiny_config(NAME=name, IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, DETECTION_MIN_CONFIDENCE=THRESHOLD,
-                      STEPS_PER_EPOCH=steps_per_epoch, PRECISION=precision)
+                      STEPS_PER_EPOCH=steps_per_epoch, PRECISION=precision, INIT=init)
     run = logs / f"{name}20240101T0000"
     run.mkdir(parents=True)
     cfg.save(run / "config.toml")
@@ -204,6 +204,20 @@ def test_training_can_start_from_a_release_as_a_new_run(exported, tmp_path):
     changed = [p for p, v in before.items() if not np.array_equal(v, dict((w.path, w) for w in model.keras_model.weights)[p].numpy())]
     kernels = [p for p in before if p.endswith("kernel")]
     assert kernels and set(kernels) <= set(changed), "every random kernel was replaced by the release's"
+
+
+def test_a_second_stage_from_a_release_counts_the_release_steps(exported, tmp_path):
+    """A run started with ``--init <release>``: its card counts the release's steps and names it."""
+    from braintumor.config import load_config
+
+    ckpt = _make_run(tmp_path / "logs", "stage", epoch=3, steps_per_epoch=100, init=str(exported["head"]))
+    cfg = load_config(ckpt.parent / "config.toml")
+    assert R.training_steps(ckpt, cfg) == 300 + 1200, "3 epochs x 100 here, 2 x 600 behind the release"
+    summary = R.run_summary(ckpt, cfg)
+    assert summary["init_release"]["file"] == exported["head"].name and summary["init_release"]["steps"] == 1200
+    assert summary["wall_seconds_total"] == summary["wall_seconds"] + exported["card"]["training"]["wall_seconds"]
+    text = R.render_card_markdown({"training": summary})
+    assert "1500 steps in all" in text and "this stage 300 steps" in text and exported["head"].name in text
 
 
 def test_tensors_decode_to_the_recorded_float32_statistics(exported):

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 from braintumor.errors import BrainTumorError
 from braintumor.paths import PROJECT_ROOT
-from braintumor.release.demo import _epoch_from_name, training_steps
-from braintumor.release.files import card_path
+from braintumor.release.demo import _epoch_from_name, release_training, training_steps
+from braintumor.release.files import card_path, is_release
 
 CARD_START = "<!-- model-card:start -->"
 CARD_END = "<!-- model-card:end -->"
@@ -58,6 +58,13 @@ def run_summary(ckpt: Path, config) -> dict[str, Any]:
         "init": config.INIT,
         "tumor_free_dirs": list(config.TUMOR_FREE_DIRS), "tumor_free_fraction": config.TUMOR_FREE_FRACTION,
     }
+    init = Path(str(config.INIT))
+    if str(config.INIT) not in ("random", "imagenet", "coco", "last") and is_release(init):
+        before = release_training(init)  # a second stage from a released model: what that model had behind it
+        out["init_release"] = {"file": init.name, "steps": before.get("steps"), "wall_seconds": before.get("wall_seconds"),
+                               "run_folder": before.get("run_folder"), "checkpoint": before.get("checkpoint")}
+        if isinstance(before.get("wall_seconds"), (int, float)) and out["wall_seconds"] is not None:
+            out["wall_seconds_total"] = round(out["wall_seconds"] + before["wall_seconds"], 1)
     if rows:
         last = rows[-1]
         out["final_losses"] = {k: float(last[k]) for k in ("loss", "val_loss", "mrcnn_mask_loss", "val_mrcnn_mask_loss")
@@ -188,6 +195,17 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _init_release_note(training: dict) -> str:
+    """`` (this stage N steps from the released model <file>: run <run>, <checkpoint>, M steps)``, else ''."""
+    r = training.get("init_release")
+    if not isinstance(r, dict):
+        return ""
+    before, total = r.get("steps"), training.get("steps")
+    stage = total - before if isinstance(before, int) and isinstance(total, int) else None
+    return (f" (this stage {_fmt(stage)} steps, from the released model `{r.get('file')}`: run "
+            f"`{r.get('run_folder')}`, `{r.get('checkpoint')}`, {_fmt(before)} steps)")
+
+
 def render_card_markdown(card: dict[str, Any]) -> str:
     """The card as a README section (Markdown, no markers)."""
     a, t, v = card.get("architecture", {}), card.get("training", {}), card.get("val") or {}
@@ -205,11 +223,13 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         head = next((f for f in files if f.get("role") == "head"), files[0])
         lines += [f"sha256 `{head.get('sha256')}`; card `{Path(card_path(head['path'])).name}`; "
                   f"exported {card.get('created')} from commit `{card.get('export_commit')}`.", ""]
-    hours = t.get("wall_seconds") / 3600 if isinstance(t.get("wall_seconds"), (int, float)) else None
+    wall = t.get("wall_seconds_total", t.get("wall_seconds"))
+    hours = wall / 3600 if isinstance(wall, (int, float)) else None
     lines += [f"Training: run `{t.get('run_folder')}`, checkpoint `{t.get('checkpoint')}`, "
-              f"{_fmt(t.get('steps'))} steps ({_fmt(t.get('epoch'))} epochs × {_fmt(t.get('steps_per_epoch'))})"
+              + (f"{_fmt(t.get('steps'))} steps in all" if t.get("init_release") else
+                 f"{_fmt(t.get('steps'))} steps ({_fmt(t.get('epoch'))} epochs × {_fmt(t.get('steps_per_epoch'))})")
               + (f", {hours:.1f} h of training" if hours is not None else "")
-              + f", init `{t.get('init')}`" + (f"; `{t['command']}`" if t.get("command") else "") + ".", ""]
+              + f", init `{t.get('init')}`" + _init_release_note(t) + (f"; `{t['command']}`" if t.get("command") else "") + ".", ""]
     data = t.get("data") if isinstance(t.get("data"), dict) else None
     if data:
         train = ", ".join(f"{x.get('name')} {x.get('images')} images" + (f" ({x['per_pass']} per pass)" if x.get("per_pass") else "")

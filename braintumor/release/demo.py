@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from braintumor.errors import BrainTumorError
-from braintumor.release.files import _CKPT_EPOCH_RE, is_release
+from braintumor.release.files import _CKPT_EPOCH_RE, card_path, is_release
 
 # =============================================================================== runs and demo models
 def _epoch_from_name(path: Path) -> int | None:
@@ -14,12 +15,25 @@ def _epoch_from_name(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def release_training(head: str | os.PathLike) -> dict:
+    """The ``training`` section of a release's card ({} when the card is missing or unreadable)."""
+    try:
+        card = json.loads(card_path(head).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card.get("training") or {} if isinstance(card, dict) else {}
+
+
 def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0) -> int | None:
     """Optimizer steps behind a checkpoint: epoch (from its name, else history.csv rows) × STEPS_PER_EPOCH,
-    plus the steps of the checkpoint its run started from (``INIT`` = a path). None when unknown."""
+    plus the steps of the checkpoint or release its run started from (``INIT`` = a path; a release's
+    steps from its card). None when unknown."""
     from braintumor.inference import config_for_checkpoint
 
     path = Path(weights_path)
+    if is_release(path):
+        steps = release_training(path).get("steps")
+        return int(steps) if isinstance(steps, (int, float)) else None
     if config is None:
         try:
             config = config_for_checkpoint(path)
