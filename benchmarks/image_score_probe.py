@@ -119,22 +119,10 @@ def columns(x: np.ndarray, groups) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, lam: float):
-    """L2 logistic regression on standardised features, classes weighted equally; returns ``x -> p``."""
-    from scipy.optimize import minimize
+    """:func:`braintumor.image_score.fit` on any feature columns; returns ``x -> p``."""
+    from braintumor.image_score import fit
 
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = np.c_[(x - mu) / sd, np.ones(len(x))]
-    sw = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-
-    def loss(w):
-        s = z @ w
-        p = 1 / (1 + np.exp(-s))
-        g = z.T @ (sw * (p - y)) / len(y)
-        g[:-1] += lam * w[:-1]
-        return np.mean(sw * (np.logaddexp(0, s) - y * s)) + lam * np.sum(w[:-1] ** 2) / 2, g
-
-    w = minimize(loss, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
-    return lambda q: 1 / (1 + np.exp(-(np.c_[(q - mu) / sd, np.ones(len(q))] @ w)))
+    return fit(x, y, l2=lam).probability
 
 
 def operating_point(val_scores: np.ndarray, sensitivity: float = 0.95) -> float:

@@ -1,0 +1,86 @@
+"""braintumor.image_score: the logistic head, its threshold, the or-rule, serialisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from braintumor.errors import BrainTumorError
+from braintumor.image_score import ImageScore, choose_threshold, fit
+
+
+def _two_classes(n_pos=40, n_neg=120, f=6, shift=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    pos = rng.normal(0, 1, (n_pos, f))
+    pos[:, 0] += shift  # only feature 0 carries the class
+    neg = rng.normal(0, 1, (n_neg, f))
+    return np.r_[pos, neg], np.r_[np.ones(n_pos), np.zeros(n_neg)]
+
+
+def test_fit_finds_the_informative_feature_and_separates():
+    x, y = _two_classes()
+    head = fit(x, y, l2=0.01)
+    assert np.argmax(np.abs(head.weights)) == 0 and head.weights[0] > 0
+    p = head.probability(x)
+    assert p[y == 1].mean() > 0.75 and p[y == 0].mean() < 0.25
+
+
+def test_classes_weigh_the_same_whatever_their_counts():
+    # 40 tumor rows against 120 without: unweighted, the bias would lean to "no tumor"
+    x, y = _two_classes(shift=0.0, seed=1)  # no signal at all
+    p = fit(x, y, l2=1.0).probability(x)
+    assert abs(p.mean() - 0.5) < 0.05
+
+
+def test_stronger_l2_shrinks_the_weights():
+    x, y = _two_classes()
+    assert np.linalg.norm(fit(x, y, l2=1.0).weights) < np.linalg.norm(fit(x, y, l2=0.001).weights)
+
+
+def test_the_rule_is_a_confident_detection_or_the_head():
+    head = ImageScore(np.zeros(1), np.ones(1), np.ones(1), 0.0, threshold=0.5, confident_detection=0.9)
+    feats = np.array([[-5.0], [-5.0], [5.0], [-5.0]])      # head: no, no, yes, no
+    det = np.array([0.95, 0.6, 0.0, 0.0])                   # detector: confident, not, none, none
+    assert head.flags(feats, det).tolist() == [True, False, True, False]
+
+
+def test_threshold_keeps_the_asked_sensitivity_and_is_the_highest_that_does():
+    x, y = _two_classes(seed=2)
+    head = fit(x, y)
+    xs, det = x[y == 1], np.zeros(int(y.sum()))
+    chosen = choose_threshold(head, xs, det, sensitivity=0.95)
+    flagged = chosen.flags(xs, det)
+    assert flagged.mean() >= 0.95
+    higher = ImageScore(chosen.mean, chosen.scale, chosen.weights, chosen.bias,
+                        threshold=np.nextafter(chosen.threshold, 2.0), confident_detection=chosen.confident_detection)
+    assert higher.flags(xs, det).mean() < 0.95
+
+
+def test_confident_detections_count_toward_the_sensitivity():
+    x, y = _two_classes(seed=3)
+    head = fit(x, y)
+    xs = x[y == 1]
+    det = np.where(np.arange(len(xs)) < len(xs) // 2, 0.99, 0.0)   # half found by the detector
+    alone = choose_threshold(head, xs, np.zeros(len(xs)))
+    helped = choose_threshold(head, xs, det)
+    assert helped.threshold >= alone.threshold
+    assert helped.flags(xs, det).mean() >= 0.95
+
+
+def test_round_trip_through_json_and_bad_heads_are_one_line():
+    x, y = _two_classes()
+    head = fit(x, y)
+    back = ImageScore.from_dict(json.loads(json.dumps(head.to_dict())))
+    np.testing.assert_allclose(back.probability(x), head.probability(x))
+    d = head.to_dict()
+    for bad in ({**d, "scale": [0.0] * len(d["scale"])}, {**d, "weights": d["weights"][:-1]},
+                {k: v for k, v in d.items() if k != "bias"}, {**d, "features": ["res5c_out"]}):
+        with pytest.raises(BrainTumorError) as e:
+            ImageScore.from_dict(bad)
+        assert "\n" not in str(e.value) and str(e.value).startswith("image score:")
+    with pytest.raises(BrainTumorError, match=r"features must be \[N, 6\]"):
+        head.probability(np.zeros((2, 5)))
+    with pytest.raises(BrainTumorError, match="with and without"):
+        fit(x, np.ones(len(x)))
