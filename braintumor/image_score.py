@@ -7,7 +7,8 @@ images (so that it cannot tell the sources apart by their grey levels), or-ed wi
 detection scoring at least ``confident_detection``, flags 14 of 204.
 
 Features, one row per image: ``[N, 1024]`` float32, global average then global max pooling
-of ``fpn_p4`` and then of ``fpn_p5`` (256 channels each), in that order (:data:`POOLED_LAYERS`).
+of ``fpn_p4`` and then of ``fpn_p5`` (256 channels each), in that order: the ``image_features``
+of every :meth:`braintumor.mrcnn.MaskRCNN.detect` result.
 
 The rule: an image is flagged when ``max detection score >= confident_detection`` or
 ``probability(features) >= threshold``.
@@ -22,19 +23,9 @@ import numpy as np
 
 from braintumor.errors import BrainTumorError
 
-POOLED_LAYERS = ("fpn_p4", "fpn_p5")
+from braintumor.mrcnn.model import IMAGE_FEATURE_LAYERS as POOLED_LAYERS  # the ``image_features`` of detect()
+
 FEATURES = 4 * 256  # GAP + GMP of two 256-channel maps
-
-
-def pooled_outputs(keras_model) -> list:
-    """Keras tensors ``[B, 256]``: GAP and GMP of each of :data:`POOLED_LAYERS` of ``keras_model``."""
-    import keras
-
-    outs = []
-    for name in POOLED_LAYERS:
-        t = keras_model.get_layer(name).output
-        outs += [keras.ops.mean(t, axis=(1, 2)), keras.ops.max(t, axis=(1, 2))]
-    return outs
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

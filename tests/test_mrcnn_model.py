@@ -196,3 +196,23 @@ def test_groupnorm_trains_with_its_layer_group_whatever_train_bn(tmp_path):
     assert km.get_layer("mrcnn_class_bn1").trainable
     m.set_trainable("4+")
     assert km.get_layer("bn4a_branch2a").trainable and not km.get_layer("bn3a_branch2a").trainable
+
+
+def test_detect_returns_pooled_fpn_features_of_each_image(tmp_path):
+    """``image_features``: GAP then GMP of fpn_p4, then of fpn_p5, of that image (not of its batch mate)."""
+    from braintumor.mrcnn.inputs import mold_inputs
+    from braintumor.mrcnn.model import IMAGE_FEATURE_LAYERS
+
+    cfg = tiny_config(IMAGES_PER_GPU=2)
+    m = MaskRCNN("inference", cfg, tmp_path)
+    imgs = [blob_image(64, 64, [(10, 20, 30, 50)])[0], blob_image(64, 64, [(30, 5, 60, 30)], seed=1)[0]]
+    res = m.detect(imgs)
+    km = m.keras_model
+    maps = keras.Model(km.inputs, [km.get_layer(n).output for n in IMAGE_FEATURE_LAYERS])
+    for r, img in zip(res, imgs):
+        molded, metas, _ = mold_inputs([img], cfg)
+        p4, p5 = [np.asarray(t)[0] for t in maps([molded, metas], training=False)]
+        want = np.concatenate([p4.mean((0, 1)), p4.max((0, 1)), p5.mean((0, 1)), p5.max((0, 1))])
+        assert r["image_features"].shape == (4 * cfg.TOP_DOWN_PYRAMID_SIZE,) and r["image_features"].dtype == np.float32
+        np.testing.assert_allclose(r["image_features"], want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(res[0]["image_features"], res[1]["image_features"])

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from braintumor.config import Config
@@ -43,6 +44,9 @@ from braintumor.mrcnn.rpn import rpn_outputs
 from braintumor.mrcnn.targets import DetectionTargetLayer
 
 # which layers each training group trains (regular expressions on layer names)
+# pooled into every detect() result as ``image_features`` (braintumor.image_score reads them)
+IMAGE_FEATURE_LAYERS = ("fpn_p4", "fpn_p5")
+
 LAYER_REGEX = {
     "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
     "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
@@ -450,24 +454,30 @@ class MaskRCNN:
         import tensorflow as tf
 
         if self._predict_fn is None:
-            model = self.keras_model
-            img_spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32)
+            km = self.keras_model
+            pooled = []
+            for name in IMAGE_FEATURE_LAYERS:
+                t = km.get_layer(name).output
+                pooled += [keras.ops.mean(t, axis=(1, 2)), keras.ops.max(t, axis=(1, 2))]
+            model = keras.Model(km.inputs, [km.outputs[0], km.outputs[3], keras.ops.concatenate(pooled, axis=-1)])
+            img_spec = tf.TensorSpec((None,) + tuple(km.inputs[0].shape[1:]), tf.float32)
             meta_spec = tf.TensorSpec((None, self.config.IMAGE_META_SIZE), tf.float32)
 
             @tf.function(input_signature=[img_spec, meta_spec], reduce_retracing=True)
             def fn(images, meta):
-                out = model([images, meta], training=False)
-                return out[0], out[3]
+                return model([images, meta], training=False)
 
             self._predict_fn = fn
-        det, masks = self._predict_fn(tf.convert_to_tensor(molded), tf.convert_to_tensor(metas))
-        return det.numpy(), masks.numpy()
+        det, masks, feats = self._predict_fn(tf.convert_to_tensor(molded), tf.convert_to_tensor(metas))
+        return det.numpy(), masks.numpy(), feats.numpy().astype(np.float32)
 
     def detect(self, images, verbose: int = 0) -> list[dict]:
         """Detect instances in uint8 RGB images ``[H, W, 3]`` (any sizes).
 
         Returns one dict per image: ``rois`` int32 ``[N, (y1, x1, y2, x2)]`` pixels of that
-        image, ``class_ids`` int32 ``[N]``, ``scores`` float32 ``[N]``, ``masks`` bool ``[H, W, N]``.
+        image, ``class_ids`` int32 ``[N]``, ``scores`` float32 ``[N]``, ``masks`` bool ``[H, W, N]``,
+        ``image_features`` float32 ``[4 × TOP_DOWN_PYRAMID_SIZE]``: global average then max pooling of
+        each of :data:`IMAGE_FEATURE_LAYERS` (what :mod:`braintumor.image_score` reads).
         """
         if self.mode != "inference":
             raise BrainTumorError("create the model with mode='inference' to detect")
@@ -486,9 +496,9 @@ class MaskRCNN:
             for molded, metas, infos in groups:
                 if verbose:
                     print(f"Processing {len(infos)} images, molded {molded.shape}")
-                det, masks = self._predict(molded, metas)
+                det, masks, feats = self._predict(molded, metas)
                 for j, info in enumerate(infos):
-                    results.append(unmold_detections(det[j], masks[j], info))
+                    results.append({**unmold_detections(det[j], masks[j], info), "image_features": feats[j]})
         return results
 
 
