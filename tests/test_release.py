@@ -476,3 +476,24 @@ def test_export_command_prints_files_and_refuses_bad_input_in_one_line(exported,
         assert line.startswith("error: ") and words in line, line
     assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2")]) == 2
     assert "already a released model" in capsys.readouterr().err
+
+
+def test_release_embeds_an_image_score_and_refuses_a_bad_one_in_one_line(exported, tmp_path):
+    from braintumor.image_score import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    head = fit(x, (x[:, 0] > 0).astype(float))
+    good = tmp_path / "score.json"
+    good.write_text(json.dumps(head.to_dict()))
+    R.export(exported["ckpt"], out=tmp_path / "models", image_score=str(good), equivalence_images=0, log=lambda *a: None)
+    rel = R.open_release(R.find_releases(tmp_path / "models")[0])
+    np.testing.assert_allclose(rel.image_score().probability(x), head.probability(x))
+    assert R.open_release(exported["head"]).image_score() is None, "a release without one says so"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**head.to_dict(), "scale": [0.0] * 8}))
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(BrainTumorError) as e:
+            R.export(exported["ckpt"], out=tmp_path / "other", image_score=str(path), log=lambda *a: None)
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+    assert not (tmp_path / "other").exists() or not R.find_releases(tmp_path / "other")

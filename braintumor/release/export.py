@@ -29,7 +29,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            threshold: float | None = None, encoding: str = DEFAULT_ENCODING, replace: bool = False,
            config: str | None = None, data: str | None = None, command: str | None = None,
            name: str | None = None, readme: str | None = None, force: bool = False,
-           equivalence_images: int = EQUIVALENCE_IMAGES, log=print) -> dict[str, Any]:
+           equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
+           log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
     weights: a checkpoint path (or ``last``) with its run's config.toml beside it;
@@ -39,7 +40,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     ``equivalence_images`` val images are run through the float32 checkpoint and the
     release (recorded in the card; skipped when the folder is missing). An existing
     release is replaced only with ``replace``; a release that is not equivalent to
-    its checkpoint is removed again unless ``force``.
+    its checkpoint is removed again unless ``force``. image_score: a JSON file of a fitted
+    :class:`braintumor.image_score.ImageScore`, embedded in the release.
     """
     import time
 
@@ -50,6 +52,17 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     t_start = time.perf_counter()
     if encoding not in ENCODINGS:
         raise BrainTumorError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    image_score_text = None
+    if image_score is not None:
+        from braintumor.image_score import ImageScore
+
+        try:
+            image_score_text = Path(image_score).read_text(encoding="utf-8")
+            ImageScore.from_dict(json.loads(image_score_text))
+        except (OSError, ValueError) as e:
+            raise BrainTumorError(f"{image_score}: not an image-score file ({str(e).splitlines()[0]})") from None
+        except BrainTumorError as e:
+            raise BrainTumorError(f"{image_score}: {e}") from None
     ckpt = resolve_weights(weights)
     if is_release(ckpt):
         raise BrainTumorError(f"{ckpt}: already a released model; export reads a training checkpoint")
@@ -119,6 +132,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
             "run_config.toml": run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else "",
             "class_names.json": json.dumps(list(cfg.CLASS_NAMES))}
+    if image_score_text is not None:
+        meta["image_score.json"] = image_score_text
     t0 = time.perf_counter()
     files = write_release(model.keras_model, folder, rel_name, encoding, meta)
     write_seconds = time.perf_counter() - t0

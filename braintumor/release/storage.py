@@ -199,6 +199,18 @@ class Release:
     def tensor_stats(self) -> dict[str, dict]:
         return json.loads(self.meta.get("tensor_stats.json", "{}"))
 
+    def image_score(self):
+        """The embedded image-level head (:class:`braintumor.image_score.ImageScore`), or None."""
+        from braintumor.image_score import ImageScore
+
+        text = self.meta.get("image_score.json")
+        if not text:
+            return None
+        try:
+            return ImageScore.from_dict(json.loads(text))
+        except (ValueError, BrainTumorError) as e:
+            raise BrainTumorError(f"{self.head}: embedded image_score.json unusable ({str(e).splitlines()[0]})") from None
+
 
 def open_release(path: str | os.PathLike) -> Release:
     """Verify a release (sha256 of every file) and read its embedded texts; one-line errors naming the file."""
