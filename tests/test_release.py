@@ -201,7 +201,8 @@ def test_training_can_start_from_a_release_as_a_new_run(exported, tmp_path):
     assert len(entries) == len(stored)
     for key, v in entries:
         np.testing.assert_array_equal(v.numpy(), stored[key].astype(np.float32), err_msg=key)
-    changed = [p for p, v in before.items() if not np.array_equal(v, dict((w.path, w) for w in model.keras_model.weights)[p].numpy())]
+    after = {w.path: w.numpy() for w in model.keras_model.weights}
+    changed = [p for p, v in before.items() if not np.array_equal(v, after[p])]
     kernels = [p for p in before if p.endswith("kernel")]
     assert kernels and set(kernels) <= set(changed), "every random kernel was replaced by the release's"
 

@@ -21,7 +21,8 @@ def release_training(head: str | os.PathLike) -> dict:
         card = json.loads(card_path(head).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return card.get("training") or {} if isinstance(card, dict) else {}
+    training = card.get("training") if isinstance(card, dict) else None
+    return training if isinstance(training, dict) else {}
 
 
 def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0) -> int | None:
