@@ -24,6 +24,7 @@ _HANDLERS = {
     "evaluate": "braintumor.evaluate:cli_evaluate",
     "detect": "braintumor.detect:cli_detect",
     "app": "braintumor.app:cli_app",
+    "fit-image-score": "braintumor.fit_image_score:cli_fit_image_score",
     "export": "braintumor.release:cli_export",
     "model-card": "braintumor.release:cli_model_card",
 }
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "from the same detections: one pass instead of two")
     ev.add_argument("--source-size", type=int, metavar="PX",
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
+    ev.add_argument("--image-score", metavar="FILE.json",
+                    help="image-level head of braintumor fit-image-score (default: the release's own, if it has one)")
     ev.add_argument("--source-probe", choices=["window"],
                     help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
 
@@ -107,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     ap.add_argument("--ensure-weights", action="store_true", help="say in one line what is missing when there is no released model")
 
+    fi = sub.add_parser("fit-image-score", help="fit a model's image-level 'tumor present' head (for export --image-score)")
+    fi.add_argument("--weights", help="checkpoint or release (default: the released model in models/)")
+    fi.add_argument("--data", help="dataset folder: train (fit) and val (threshold)")
+    fi.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its 'train' slices are fitted)")
+    fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too")
+    fi.add_argument("--figshare-sample", type=int, default=200, metavar="N", help="Figshare train slices used (default 200)")
+    fi.add_argument("--out", required=True, help="output JSON file")
+    fi.add_argument("--cache", help="folder to cache features in (one .npz per set and model)")
+    fi.add_argument("--l2", type=float, default=0.01, help="L2 penalty on standardised features (default 0.01)")
+    fi.add_argument("--confident-detection", type=float, default=0.9,
+                    help="a detection scoring at least this flags the image by itself (default 0.9)")
+    fi.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity the threshold keeps (default 0.95)")
+    fi.add_argument("--logs", default="logs", help="logs folder for --weights last")
+
     ex = sub.add_parser("export", help="write the released model (models/) from a training checkpoint, with its model card")
     ex.add_argument("--weights", required=True, help="training checkpoint .h5 (its run's config.toml beside it), or 'last'")
     ex.add_argument("--out", help="models folder (default: $BRAINTUMOR_MODELS or models/)")
@@ -122,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--train-command", help="the command that trained the run (for the card)")
     ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101)")
     ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
+    ex.add_argument("--image-score", metavar="FILE.json", help="image-level head of braintumor fit-image-score, embedded in the release")
     ex.add_argument("--force", action="store_true", help="keep the release even if it is not equivalent to the checkpoint")
 
     mc = sub.add_parser("model-card", help="print the released model's card as Markdown, or write it into the README")

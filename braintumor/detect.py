@@ -9,11 +9,30 @@ Report (``<stem>.json``)::
 
     {"file": "scan.dcm", "image_size": {"height": 512, "width": 512},
      "threshold": 0.7, "weights": "logs/tumor20240101T1200/mask_rcnn_tumor_0015.h5",
-     "pixel_spacing_mm": [0.5, 0.5] | null, "tumor_found": true, "num_tumors": 1,
+     "pixel_spacing_mm": [0.5, 0.5] | null, "verdict": "tumor", "tumor_found": true, "num_tumors": 1,
+     "image_score": {"probability": 0.97, "threshold": 0.887, "confident_detection": 0.9,
+                     "max_detection_score": 0.97, "flagged": true} | null,
      "detections": [{"class": "tumor", "class_id": 1, "confidence": 0.97,
                      "bbox": [y1, x1, y2, x2], "area_px": 1234, "area_mm2": 308.5 | null,
                      "extent_px": {"height": 40, "width": 38}, "extent_mm": {...} | null,
                      "centroid": [y, x]}]}
+
+The verdict. Without an image-level head (:mod:`braintumor.image_score`; a release may carry
+one) a tumor is found when a detection reaches the threshold. With one, the image is *flagged*
+when a detection reaches its ``confident_detection`` or its probability reaches its threshold,
+and the outlines are the detections at the threshold:
+
+=============  =========================  =============================================
+verdict        flagged / outlines         shown as
+=============  =========================  =============================================
+``tumor``      yes / some                 tumor(s) found, outlined (red)
+``suspected``  yes / none                 tumor suspected, no region outlined (orange)
+``uncertain``  no / some                  weak finding(s), image score low: review (orange)
+``no_tumor``   no / none                  no tumor found (green)
+=============  =========================  =============================================
+
+So the green "no tumor found" needs both the detector and the head to see nothing.
+``tumor_found`` is true for ``tumor`` and ``suspected``.
 """
 
 from __future__ import annotations
@@ -36,7 +55,12 @@ from braintumor.visualize import draw_overlay, instance_stats
 
 NO_TUMOR_TR = "Tümör bulunamadı"
 NO_TUMOR_EN = "No tumor found"
+SUSPECTED_TR = "Tümör şüphesi: bölge işaretlenemedi"
+SUSPECTED_EN = "Tumor suspected, no region outlined"
+UNCERTAIN_TR = "Belirsiz: zayıf bulgu, görüntü skoru düşük"
+UNCERTAIN_EN = "Uncertain: weak finding, image-level score low"
 DEMO_NO_VERDICT = "Demo model: no verdict"
+VERDICTS = ("tumor", "suspected", "uncertain", "no_tumor")
 
 
 @dataclass
@@ -84,27 +108,50 @@ def filter_result(result: dict[str, Any], threshold: float) -> dict[str, np.ndar
     return out
 
 
+def image_level(result: dict[str, Any], image_score, n_outlined: int) -> tuple[str, dict[str, Any] | None]:
+    """``(verdict, image_score report or None)`` for one detector ``result`` (see the module docstring).
+
+    image_score: an :class:`braintumor.image_score.ImageScore` or None; without one, or when
+    ``result`` has no ``image_features``, the verdict rests on the outlines alone.
+    """
+    scores = np.asarray(result.get("scores", np.zeros(0)), dtype=np.float32).reshape(-1)
+    features = result.get("image_features")
+    if image_score is None or features is None:
+        return ("tumor" if n_outlined else "no_tumor"), None
+    best = float(scores.max()) if scores.size else 0.0
+    p = float(image_score.probability(np.asarray(features, np.float32)[None])[0])
+    flagged = bool(image_score.flags(np.asarray(features, np.float32)[None], np.array([best]))[0])
+    verdict = ("tumor" if n_outlined else "suspected") if flagged else ("uncertain" if n_outlined else "no_tumor")
+    return verdict, {"probability": round(p, 4), "threshold": round(float(image_score.threshold), 4),
+                     "confident_detection": round(float(image_score.confident_detection), 4),
+                     "max_detection_score": round(best, 4), "flagged": flagged}
+
+
 def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, Any] | None, threshold: float,
                    class_names: Sequence[str], name: str = "image", weights: str | os.PathLike | None = None,
-                   show_boxes: bool = True, demo: str | None = None) -> Analysis:
+                   show_boxes: bool = True, demo: str | None = None, image_score=None) -> Analysis:
     """An :class:`Analysis` of one image from the detector's raw ``result`` for it.
 
     ``demo``: why the model is a demo model (:func:`braintumor.release.demo_reason`), recorded in the
-    report as ``demo_model``; its "no tumor" is then no verdict.
+    report as ``demo_model``; its "no tumor" is then no verdict. ``image_score``: the model's
+    image-level head (:class:`braintumor.image_score.ImageScore`) or None; see the module docstring.
     """
     meta = meta or {}
     kept = filter_result(result, threshold)
     spacing = meta.get("pixel_spacing_mm")
     stats = instance_stats(kept, pixel_spacing_mm=spacing, class_names=class_names)
+    verdict, score_report = image_level(result, image_score, len(stats))
     report = {
         "file": name,
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
         "threshold": round(float(threshold), 4),
         "weights": str(weights) if weights is not None else None,
         "pixel_spacing_mm": [float(s) for s in spacing] if spacing is not None else None,
-        "tumor_found": bool(stats),
+        "verdict": verdict,
+        "tumor_found": verdict in ("tumor", "suspected"),
         "num_tumors": len(stats),
         "detections": stats,
+        "image_score": score_report,
         "demo_model": demo or None,
     }
     overlay = draw_overlay(image, kept, class_names, show_boxes=show_boxes)
@@ -128,19 +175,28 @@ def analyse_image(predictor, image: np.ndarray, meta: dict[str, Any] | None, thr
     result = predictor.detect([image])[0]
     return analyse_result(image, result, meta, threshold,
                           class_names if class_names is not None else predictor_class_names(predictor),
-                          name=name, weights=getattr(predictor, "weights_path", None), demo=demo)
+                          name=name, weights=getattr(predictor, "weights_path", None), demo=demo,
+                          image_score=getattr(predictor, "image_score", None))
 
 
 def summary_line(report: dict[str, Any]) -> str:
-    """``"img.jpg: 2 tumors (0.97, 0.88)"`` or ``"img.jpg: Tümör bulunamadı / No tumor found (threshold 0.85)"``."""
+    """``"img.jpg: 2 tumors (0.97, 0.88)"`` or ``"img.jpg: Tümör bulunamadı / No tumor found (threshold 0.85)"``,
+    with the image-level score when the model has one."""
     name = report["file"]
-    if not report["tumor_found"] and report.get("demo_model"):
-        return f"{name}: {DEMO_NO_VERDICT} (nothing at threshold {report['threshold']:.2f})"
-    if not report["tumor_found"]:
-        return f"{name}: {NO_TUMOR_TR} / {NO_TUMOR_EN} (threshold {report['threshold']:.2f})"
+    verdict = report.get("verdict") or ("tumor" if report["num_tumors"] else "no_tumor")
+    score = report.get("image_score")
+    tail = (f"; image score {score['probability']:.2f}, threshold {score['threshold']:.2f}" if score else "")
     scores = ", ".join(f"{d['confidence']:.2f}" for d in report["detections"])
     n = report["num_tumors"]
-    return f"{name}: {n} tumor{'s' if n != 1 else ''} ({scores})"
+    if verdict == "no_tumor" and report.get("demo_model"):
+        return f"{name}: {DEMO_NO_VERDICT} (nothing at threshold {report['threshold']:.2f})"
+    if verdict == "no_tumor":
+        return f"{name}: {NO_TUMOR_TR} / {NO_TUMOR_EN} (threshold {report['threshold']:.2f}{tail})"
+    if verdict == "suspected":
+        return f"{name}: {SUSPECTED_TR} / {SUSPECTED_EN} (nothing at threshold {report['threshold']:.2f}{tail})"
+    if verdict == "uncertain":
+        return f"{name}: {UNCERTAIN_TR} / {UNCERTAIN_EN}: {n} region{'s' if n != 1 else ''} ({scores}{tail})"
+    return f"{name}: {n} tumor{'s' if n != 1 else ''} ({scores}{tail})"
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -150,15 +150,49 @@ def _speed(times: Sequence[float]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- metrics from records
+def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image_score) -> dict[str, Any] | None:
+    """The verdicts of :mod:`braintumor.detect` on ``records`` (tumor and tumor-free images pooled):
+    the image-level rule's sensitivity and specificity, and how many images of each kind get each
+    verdict (``tumor``, ``suspected``, ``uncertain``, ``no_tumor``) with outlines at ``threshold``.
+    None when there is no head or a record has no ``image_features``."""
+    if image_score is None or not records or any(r.image_features is None for r in records):
+        return None
+    feats = np.stack([r.image_features for r in records])
+    best = np.array([r.max_score for r in records])
+    flagged = image_score.flags(feats, best)
+    prob = image_score.probability(feats)
+    outlined = best >= threshold
+    verdict = np.where(flagged, np.where(outlined, "tumor", "suspected"), np.where(outlined, "uncertain", "no_tumor"))
+    tumor = np.array([r.has_tumor for r in records])
+    out: dict[str, Any] = {
+        "threshold": round(float(image_score.threshold), 4),
+        "confident_detection": round(float(image_score.confident_detection), 4),
+        "outline_threshold": round(float(threshold), 4),
+        "n_tumor_images": int(tumor.sum()), "n_tumor_free_images": int((~tumor).sum()),
+        "sensitivity": M.safe_ratio(int(flagged[tumor].sum()), int(tumor.sum())),
+        "specificity": M.safe_ratio(int((~flagged[~tumor]).sum()), int((~tumor).sum())),
+        "n_tumor_free_flagged": int(flagged[~tumor].sum()),
+        "verdicts": {kind: {"tumor_images": int(((verdict == v) & tumor).sum()),
+                            "tumor_free_images": int(((verdict == v) & ~tumor).sum())}
+                     for kind, v in (("tumor", "tumor"), ("suspected", "suspected"), ("uncertain", "uncertain"),
+                                     ("no_tumor", "no_tumor"))},
+        "green_on_tumor_images": [r.name for r, v, t in zip(records, verdict, tumor) if t and v == "no_tumor"],
+        "per_image": [{"name": r.name, "probability": round(float(p), 4), "verdict": str(v)}
+                      for r, p, v in zip(records, prob, verdict)],
+    }
+    return out
+
+
 def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
                      free_records: Sequence[M.ImageRecord] = (), class_names: Sequence[str] = ("BG", "tumor"),
-                     min_sensitivity: float = MIN_SENSITIVITY) -> dict[str, Any]:
+                     min_sensitivity: float = MIN_SENSITIVITY, image_score=None) -> dict[str, Any]:
     """All metrics of an annotated split (``records``) plus optional extra tumor-free images.
 
     Dice, COCO mAP and instance metrics use ``records`` only; image-level
     sensitivity/specificity, their curves and the operating point pool
     ``records`` and ``free_records`` (the split's own empty images count as
-    tumor-free too).
+    tumor-free too). ``image_score``: the model's image-level head; its rule and verdicts are
+    reported as ``image_rule`` (:func:`image_rule_summary`).
     """
     t = float(min_confidence)
     pooled = list(records) + list(free_records)
@@ -178,6 +212,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         "operating_point": None,
         "per_image": [r.row(t) for r in records],
         "curves": {"pr": M.pr_curve(records), "threshold": None},
+        "image_rule": image_rule_summary(pooled, t, image_score),
     }
     if free_records:
         flagged = [r for r in free_records if r.max_score >= t and r.max_score > 0]
@@ -226,14 +261,15 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
         free_records, more = collect_records(predictor, tumor_free_dataset, progress, "tumor-free")
         times = times + more
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
-    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity)
+    head = getattr(predictor, "image_score", None)
+    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head)
     res["threshold_from"] = "given"
     if at_operating_point:
         op = res["operating_point"]
         if op is None or op.get("threshold") is None:
             raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
                                   f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
-        res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity)
+        res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity, head)
         res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)
@@ -320,6 +356,14 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"operating point (sensitivity >= {op['min_sensitivity']:.2f})",
                          f"threshold {op['threshold']:.3f}: sensitivity {_fmt(op['sensitivity'])}, "
                          f"specificity {_fmt(op['specificity'])}" + ("" if op["reachable"] else " (not reachable)")))
+        rule = results.get("image_rule")
+        if rule:
+            rows.append((f"image-level rule (detection >= {rule['confident_detection']:.2f} or head >= {rule['threshold']:.3f})",
+                         f"sensitivity {_fmt(rule['sensitivity'])}, specificity {_fmt(rule['specificity'])} "
+                         f"({rule['n_tumor_free_flagged']} of {rule['n_tumor_free_images']} tumor-free flagged)"))
+            for who, key in (("tumor images", "tumor_images"), ("tumor-free images", "tumor_free_images")):
+                rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",
+                             " / ".join(str(rule["verdicts"][k][key]) for k in ("tumor", "suspected", "uncertain", "no_tumor"))))
     rows += source
     if speed:
         rows.append(("speed", f"{_fmt(speed.get('images_per_second'), 2)} images/s"))
@@ -576,6 +620,10 @@ def cli_evaluate(args) -> int:
 
     floor = EVAL_SCORE_FLOOR if threshold is None else min(EVAL_SCORE_FLOOR, threshold)
     predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=floor)
+    if getattr(args, "image_score", None):
+        from braintumor.image_score import load_image_score
+
+        predictor.image_score = load_image_score(args.image_score)
     if threshold is None:  # the run's own operating point (Predictor.threshold), else its config's
         threshold = getattr(predictor, "threshold", None)
     if threshold is None:
@@ -610,6 +658,8 @@ def cli_evaluate(args) -> int:
         results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label,
                                    at_operating_point=at_op)
     results["weights"] = str(predictor.weights_path)
+    if getattr(predictor, "image_score", None) is not None:
+        results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"
     if source_size is not None:
         results["dataset"]["source_size"] = int(source_size)
     if window:

@@ -23,8 +23,7 @@ import numpy as np
 
 from braintumor.errors import BrainTumorError
 
-from braintumor.mrcnn.model import IMAGE_FEATURE_LAYERS as POOLED_LAYERS  # the ``image_features`` of detect()
-
+POOLED_LAYERS = ("fpn_p4", "fpn_p5")  # pooled into the ``image_features`` of every MaskRCNN.detect() result
 FEATURES = 4 * 256  # GAP + GMP of two 256-channel maps
 
 
@@ -75,6 +74,25 @@ class ImageScore:
                        confident_detection=float(d["confident_detection"]))
         except (KeyError, TypeError, ValueError) as e:
             raise BrainTumorError(f"image score: not a valid head ({e})") from None
+
+
+def load_image_score(path) -> ImageScore:
+    """The head in a JSON file of ``braintumor fit-image-score``; one-line errors naming the file."""
+    import json
+    from pathlib import Path
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BrainTumorError(f"{path}: image-score file not found") from None
+    except (OSError, ValueError) as e:
+        raise BrainTumorError(f"{path}: not an image-score file ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise BrainTumorError(f"{path}: not an image-score file (no JSON object)")
+    try:
+        return ImageScore.from_dict(doc)
+    except BrainTumorError as e:
+        raise BrainTumorError(f"{path}: {e}") from None
 
 
 def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_detection: float = 0.9) -> ImageScore:

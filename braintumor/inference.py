@@ -90,7 +90,7 @@ class Predictor:
 
     ``detect(images)`` takes a list of RGB uint8 ``[H, W, 3]`` arrays and returns,
     per image, ``{"rois": int32 [N, (y1, x1, y2, x2)] pixels, "class_ids": int32 [N],
-    "scores": float32 [N], "masks": bool [H, W, N]}`` for every detection scoring at
+    "scores": float32 [N], "masks": bool [H, W, N], "image_features": float32 [F]}`` for every detection scoring at
     least ``config.DETECTION_MIN_CONFIDENCE`` (the model's floor).
     ``threshold`` is the run's own operating point (its preset's
     ``DETECTION_MIN_CONFIDENCE``), which callers apply for reporting.
@@ -102,6 +102,7 @@ class Predictor:
         self.threshold = float(threshold)
         self.class_names = list(config.CLASS_NAMES)
         self.demo: str | None = None  # why this is a demo model (braintumor.release.demo_reason), or None
+        self.image_score = None  # the release's image-level head (braintumor.image_score.ImageScore), or None
         self._model = None
         self._lock = threading.Lock()
         self.load_report = None
@@ -147,4 +148,8 @@ def load_predictor(weights: str | Path | None, config: str | Path | None = None,
 
     predictor = Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)
     predictor.demo = demo_reason(path, base)
+    from braintumor.release import is_release, open_release
+
+    if is_release(path):
+        predictor.image_score = open_release(path).image_score()
     return predictor

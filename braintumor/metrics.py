@@ -121,6 +121,7 @@ class ImageRecord:
     class_ids: np.ndarray
     boxes: np.ndarray
     index: int = -1
+    image_features: np.ndarray | None = None  # [F] float32 of detect() (braintumor.image_score), if it gave them
     matched: np.ndarray = field(init=False)
     max_overlap_score: float = field(init=False)
 
@@ -168,7 +169,9 @@ class ImageRecord:
                    gt_boxes=masks_to_boxes(gt_masks).astype(np.float64),
                    rles=encode_masks(masks), scores=scores,
                    class_ids=np.asarray(result["class_ids"], dtype=np.int64).reshape(-1),
-                   boxes=boxes.astype(np.float64))
+                   boxes=boxes.astype(np.float64),
+                   image_features=(np.asarray(result["image_features"], np.float32)
+                                   if result.get("image_features") is not None else None))
 
     # ----------------------------------------------------------------------
     @property

@@ -80,6 +80,9 @@ TEXT: dict[str, dict[str, str]] = {
         "load_failed": "Model yüklenemedi: {msg}",
         "no_tumor": "Tümör bulunamadı",
         "found": "{n} tümör bulundu",
+        "suspected": "Tümör şüphesi: bölge işaretlenemedi",
+        "uncertain": "Belirsiz: {n} zayıf bulgu, görüntü düzeyi skor düşük; uzman değerlendirmesi gerekir",
+        "image_score": "görüntü düzeyi skor {p:.2f} (eşik {t:.2f})",
         "threshold_used": "eşik {t:.3f}",
         "bad_file": "Dosya işlenemedi",
         "original": "Orijinal",  # drawn into the PNG with the built-in font: keep ASCII
@@ -125,6 +128,9 @@ TEXT: dict[str, dict[str, str]] = {
         "load_failed": "The model could not be loaded: {msg}",
         "no_tumor": "No tumor found",
         "found": "{n} tumor(s) found",
+        "suspected": "Tumor suspected: no region outlined",
+        "uncertain": "Uncertain: {n} weak finding(s), image-level score low; needs review",
+        "image_score": "image-level score {p:.2f} (threshold {t:.2f})",
         "threshold_used": "threshold {t:.3f}",
         "bad_file": "Could not process the file",
         "original": "Original",
@@ -571,7 +577,8 @@ class TumorApp:
                 self._results.move_to_end(key)
             analysis = analyse_result(cached["image"], cached["raw"], cached["meta"], threshold, class_names,
                                       name=f.name, weights=getattr(predictor, "weights_path", ckpt),
-                                      demo=self.demo_reason(ckpt))
+                                      demo=self.demo_reason(ckpt),
+                                      image_score=getattr(predictor, "image_score", None))
             return _Record(name=f.name, analysis=analysis)
         except BrainTumorError as e:
             return _Record(name=f.name, error=_one_line(e))
@@ -591,9 +598,18 @@ class TumorApp:
         a = r.analysis
         rep = a.report
         t_used = self.t("threshold_used", t=rep["threshold"])
-        if rep["tumor_found"]:
+        score = rep.get("image_score")
+        if score:
+            t_used += ", " + self.t("image_score", p=score["probability"], t=score["threshold"])
+        kind = rep.get("verdict") or ("tumor" if rep["num_tumors"] else "no_tumor")
+        orange = 'style="color:#e65100;font-weight:bold"'
+        if kind == "tumor":
             verdict = (f'<span class="bt-found" style="color:#b00020;font-weight:bold">'
                        f'{self.t("found", n=rep["num_tumors"])}</span>')
+        elif kind == "suspected":
+            verdict = f'<span class="bt-suspected" {orange}>⚠ {self.t("suspected")}</span>'
+        elif kind == "uncertain":
+            verdict = f'<span class="bt-uncertain" {orange}>⚠ {self.t("uncertain", n=rep["num_tumors"])}</span>'
         elif rep.get("demo_model"):  # a demo model never says "no tumor"
             verdict = (f'<span class="bt-demo-no-verdict" style="color:#b00020;font-weight:bold">'
                        f'{self.t("demo_no_verdict")}</span>')
@@ -605,7 +621,7 @@ class TumorApp:
                         layout=W.Layout(width=f"{pair.shape[1]}px", max_width="100%", height="auto"))
         image.add_class("bt-result-image")
         parts: list[W.Widget] = [header, image]
-        if rep["tumor_found"]:
+        if rep["num_tumors"]:
             parts.append(W.HTML(self._stats_table(rep)))
         stem = safe_stem(r.name)
         png_link = (f'<a download="{html.escape(stem)}_overlay.png" '

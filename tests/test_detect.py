@@ -160,3 +160,45 @@ def test_a_checkpoint_that_does_not_load_is_one_error_line(tmp_path, fake, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: logs/fake20240101T0000/mask_rcnn_fake_0001.h5: cannot load checkpoint "
                    "(Unable to synchronously open file (truncated file: eof = 96))"]
+
+
+def _head(threshold=0.5, confident=0.9):
+    """An image-level head whose probability is sigmoid(4 * feature 0): 0.5 at feature 0 = 0."""
+    from braintumor.image_score import ImageScore
+
+    return ImageScore(mean=np.zeros(2), scale=np.ones(2), weights=np.array([4.0, 0.0]), bias=0.0,
+                      threshold=threshold, confident_detection=confident)
+
+
+@pytest.mark.parametrize("score, feature, verdict, found", [
+    (0.95, -3.0, "tumor", True),       # a confident detection flags the image whatever the head says
+    (0.60, 3.0, "tumor", True),        # the head flags it; the detection at the threshold is outlined
+    (None, 3.0, "suspected", True),    # the head flags it, nothing to outline: never green
+    (0.60, -3.0, "uncertain", False),  # a weak detection the head does not back: not green either
+    (None, -3.0, "no_tumor", False),   # both see nothing: the only green verdict
+])
+def test_the_verdict_combines_outlines_with_the_image_level_head(score, feature, verdict, found):
+    from braintumor.detect import analyse_result
+
+    image = np.full((32, 32, 3), 30, np.uint8)
+    masks = np.zeros((32, 32, 0 if score is None else 1), bool)
+    masks[4:12, 4:12] = True
+    result = {"rois": np.array([[4, 4, 12, 12]] if score is not None else np.zeros((0, 4)), np.int32),
+              "class_ids": np.ones(masks.shape[2], np.int32), "scores": np.array([score] if score is not None else [], np.float32),
+              "masks": masks, "image_features": np.array([feature, 7.0], np.float32)}
+    a = analyse_result(image, result, None, 0.5, ["BG", "tumor"], name="x.png", image_score=_head())
+    rep = a.report
+    assert rep["verdict"] == verdict and rep["tumor_found"] is found
+    assert rep["num_tumors"] == (0 if score is None else 1)
+    s = rep["image_score"]
+    assert s["flagged"] is found and s["threshold"] == 0.5 and s["confident_detection"] == 0.9
+    assert s["probability"] == pytest.approx(1 / (1 + np.exp(-4 * feature)), abs=1e-4)
+    line = summary_line(rep)
+    expected = {"tumor": "1 tumor (", "suspected": "Tumor suspected, no region outlined",
+                "uncertain": "Uncertain: weak finding", "no_tumor": "No tumor found"}[verdict]
+    assert line.startswith("x.png: ") and expected in line and "image score" in line, line
+    # without a head (or without features) the outlines alone decide, as before
+    plain = analyse_result(image, result, None, 0.5, ["BG", "tumor"]).report
+    assert plain["verdict"] == ("tumor" if score else "no_tumor") and plain["image_score"] is None
+    no_feats = {k: v for k, v in result.items() if k != "image_features"}
+    assert analyse_result(image, no_feats, None, 0.5, ["BG", "tumor"], image_score=_head()).report["image_score"] is None

@@ -405,3 +405,37 @@ def test_real_val_split_ground_truth_scores_one(real_data_dir, tmp_path):
     assert res["coco"]["segm"]["map"] == pytest.approx(1.0)
     assert res["instances"]["precision"] == 1.0 and res["instances"]["recall"] == 1.0
     assert E.write_report(res, None, tmp_path)["metrics.json"].is_file()
+
+
+def test_the_image_level_rule_and_its_verdicts_are_reported():
+    """The scenario with an image-level head. Head "yes" on shifted, missed and f1; the perfect
+    scan is flagged by its confident detection (0.9 >= 0.85) alone. Worked out by hand:
+    perfect tumor, shifted tumor, missed suspected (0.3 is below the outline threshold);
+    f0 uncertain (0.6 outlined, head no), f1 suspected, f2 and f3 no tumor."""
+    from braintumor.image_score import ImageScore
+
+    split, free, predictor = scenario()
+    head_yes = {2, 3, 102}
+
+    class WithFeatures(FakePredictor):
+        image_score = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0,
+                                 threshold=0.5, confident_detection=0.85)
+
+        def detect(self, images):
+            key = int(images[0][0, 0, 0])
+            return [{**r, "image_features": np.array([5.0 if key in head_yes else -5.0], np.float32)}
+                    for r in super().detect(images)]
+
+    res = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free, progress=False)
+    check_numbers(res)  # the detection figures do not change
+    rule = res["image_rule"]
+    assert rule["sensitivity"] == 1.0 and rule["specificity"] == 0.75 and rule["n_tumor_free_flagged"] == 1
+    assert rule["threshold"] == 0.5 and rule["confident_detection"] == 0.85 and rule["outline_threshold"] == 0.5
+    v = rule["verdicts"]
+    assert [v[k]["tumor_images"] for k in ("tumor", "suspected", "uncertain", "no_tumor")] == [2, 1, 0, 0]
+    assert [v[k]["tumor_free_images"] for k in ("tumor", "suspected", "uncertain", "no_tumor")] == [0, 1, 1, 2]
+    assert rule["green_on_tumor_images"] == []
+    assert {r["name"]: r["verdict"] for r in rule["per_image"]}["f0.jpg"] == "uncertain"
+    text = E.format_summary(res)
+    assert "image-level rule" in text and "2 / 1 / 0 / 0" in text and "0 / 1 / 1 / 2" in text
+    assert E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False)["image_rule"] is None

@@ -498,3 +498,15 @@ def test_release_embeds_an_image_score_and_refuses_a_bad_one_in_one_line(exporte
             R.export(exported["ckpt"], out=tmp_path / "other", image_score=str(path), log=lambda *a: None)
         assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
     assert not (tmp_path / "other").exists() or not R.find_releases(tmp_path / "other")
+
+
+def test_better_on_val_weighs_dice_and_specificity_with_tolerances():
+    from braintumor.release.export import better_on_val, val_figures
+
+    assert better_on_val((0.71, 0.93), (0.708, 0.466)), "same Dice, far fewer false alarms"
+    assert better_on_val((0.75, 0.47), (0.70, 0.466)), "better Dice, same specificity"
+    assert not better_on_val((0.709, 0.47), (0.708, 0.466)), "a tie is not better"
+    assert not better_on_val((0.80, 0.40), (0.70, 0.466)), "Dice up but specificity down is not better"
+    assert better_on_val((0.60, None), (0.55, 0.48)), "unknown figures are left out"
+    rule = {"dice_mean": 0.7, "operating_point": {"specificity": 0.466}, "image_rule": {"specificity": 0.931}}
+    assert val_figures(rule) == (0.7, 0.931) and val_figures({"dice_mean": 0.7, "operating_point": {"specificity": 0.466}}) == (0.7, 0.466)

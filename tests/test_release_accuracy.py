@@ -6,7 +6,9 @@
 - equivalence (slow): on the val images the card lists (the first 5 by name), the release
   gives the decisions, boxes (±1 px) and Dice (±0.005) the float32 checkpoint gave at export;
 - accuracy (slow): on val it reaches the card's val Dice − 0.02 and its image-level
-  sensitivity at the operating point; on the held-out tumor-free slices, its specificity − 0.05.
+  sensitivity at the operating point; on the held-out tumor-free slices, its specificity − 0.05;
+  with an image-level head, the rule's sensitivity and specificity − 0.05 likewise, and no val
+  tumor scan gets the green "no tumor" verdict that the card does not record.
 
 Skipped only while ``models/`` holds no release. ``$BRAINTUMOR_RELEASE_DIR`` tests the
 release in another folder (e.g. a candidate before it is committed). The float32 source
@@ -111,3 +113,11 @@ def test_release_accuracy_on_val_and_held_out_tumor_free(rel, real_data_dir, tum
     assert dice >= val["dice_mean"] - 0.02, f"val Dice {dice:.3f}, card {val['dice_mean']:.3f}"
     assert sens >= val["sensitivity"] - 1e-9, f"sensitivity at {threshold}: {sens:.3f}, card {val['sensitivity']:.3f}"
     assert spec >= val["specificity"] - 0.05, f"specificity at {threshold}: {spec:.3f}, card {val['specificity']:.3f}"
+    card_rule = val.get("image_rule")
+    assert (card_rule is None) == (rel.image_score() is None), "the card reports the rule of the head the release carries"
+    if card_rule:
+        rule = res["image_rule"]
+        assert rule["sensitivity"] >= card_rule["sensitivity"] - 1e-9, (rule["sensitivity"], card_rule["sensitivity"])
+        assert rule["specificity"] >= card_rule["specificity"] - 0.05, (rule["specificity"], card_rule["specificity"])
+        green = rule["verdicts"]["no_tumor"]["tumor_images"]
+        assert green <= card_rule["verdicts"]["no_tumor"]["tumor_images"], rule["green_on_tumor_images"]

@@ -355,3 +355,33 @@ def test_the_slider_never_raises_a_models_operating_point():
     assert slider_threshold(0.49622516334056854) == 0.496  # the release's: down, never up to 0.497 or 0.50
     assert slider_threshold(0.3) == 0.3 and slider_threshold(0.7) == 0.7  # values on the grid stay
     assert slider_threshold(0.4999) == 0.499
+
+
+def test_the_image_level_head_turns_verdicts_orange_never_green(ckpt):
+    """A predictor with an image-level head: its "features" are the image's mean grey, and the
+    head says "tumor" above grey 60. A bright scan with nothing outlined is "suspected", a weak
+    blob on a dark scan is "uncertain"; neither shows the green "no tumor"."""
+    from braintumor.image_score import ImageScore
+
+    class HeadPredictor(BlobPredictor):
+        image_score = ImageScore(mean=np.array([60.0]), scale=np.array([1.0]), weights=np.array([1.0]), bias=0.0,
+                                 threshold=0.5, confident_detection=0.95)
+
+        def detect(self, images):
+            return [{**r, "image_features": np.array([im.mean()], np.float32)}
+                    for r, im in zip(super().detect(images), images)]
+
+    app = build_app(logs_dir=ckpt.parent.parent, predictor_factory=lambda p: HeadPredictor(),
+                    checkpoint_finder=lambda logs: [ckpt], lang="en")
+    bright_nothing = np.full((80, 100, 3), 100, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(bright_nothing).save(buf, format="PNG")
+    cases = {"suspected.png": (buf.getvalue(), "bt-suspected", "Tumor suspected: no region outlined"),
+             "weak.png": (png_bytes([(10, 20, 20, 30, 180)]), "bt-uncertain", "Uncertain: 1 weak finding"),
+             "clean.png": (png_bytes(), "bt-no-tumor", "No tumor found")}
+    analyses = app.run_detection(upload_value=v8(*((n, c) for n, (c, _, _) in cases.items())))
+    assert [a.report["verdict"] for a in analyses] == ["suspected", "uncertain", "no_tumor"]
+    for result, (name, (_, css, words)) in zip(app.results.children, cases.items()):
+        text = _html(result)
+        assert name in text and css in text and words in text and "image-level score" in text, text
+        assert ("bt-no-tumor" in text) == (name == "clean.png"), "green only when both see nothing"

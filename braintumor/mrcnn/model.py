@@ -32,6 +32,7 @@ import numpy as np
 from keras import layers, ops
 
 from braintumor.config import Config
+from braintumor.image_score import POOLED_LAYERS
 from braintumor.errors import BrainTumorError
 from braintumor.mrcnn import losses as L
 from braintumor.mrcnn.backbone import backbone_and_fpn
@@ -44,8 +45,8 @@ from braintumor.mrcnn.rpn import rpn_outputs
 from braintumor.mrcnn.targets import DetectionTargetLayer
 
 # which layers each training group trains (regular expressions on layer names)
-# pooled into every detect() result as ``image_features`` (braintumor.image_score reads them)
-IMAGE_FEATURE_LAYERS = ("fpn_p4", "fpn_p5")
+# pooled into every detect() result as ``image_features``: the contract is braintumor.image_score's
+IMAGE_FEATURE_LAYERS = POOLED_LAYERS
 
 LAYER_REGEX = {
     "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",

@@ -120,6 +120,8 @@ def metrics_summary(metrics: dict[str, Any], source: str = "") -> dict[str, Any]
         "specificity": r(_get(metrics, "image_level", "specificity")),
         "tumor_free_fp_per_image": r(_get(metrics, "tumor_free", "fp_per_image")),
         "operating_point": {k: r(op.get(k)) for k in ("threshold", "sensitivity", "specificity")} if op else None,
+        "image_rule": ({k: r(v) for k, v in metrics["image_rule"].items() if k not in ("per_image", "green_on_tumor_images")}
+                       if isinstance(metrics.get("image_rule"), dict) else None),
     }
 
 
@@ -153,9 +155,10 @@ def headline_val(summaries: Sequence[dict]) -> dict[str, Any] | None:
 
 def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: float, encoding: str,
                command: str | None, equivalence: dict | None, replaces: dict | None,
-               training_precision: str | None = None) -> dict[str, Any]:
+               training_precision: str | None = None, image_score: dict | None = None) -> dict[str, Any]:
     """The model card (JSON-ready) before files and digests are known; ``config`` is the
-    release's (inference) config, ``training_precision`` the run's ``PRECISION``."""
+    release's (inference) config, ``training_precision`` the run's ``PRECISION``; ``image_score``
+    the embedded image-level head's file (:mod:`braintumor.fit_image_score`), if any."""
     from braintumor import __version__
 
     val = headline_val(metrics)
@@ -183,6 +186,10 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
         "licences": LICENCES,
         "equivalence": equivalence,
         "replaces": replaces,
+        "image_score": ({"threshold": image_score.get("threshold"), "confident_detection": image_score.get("confident_detection"),
+                         "features": image_score.get("features"), "fit": image_score.get("fit"),
+                         "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
+                        if image_score else None),
         "intended_use": "research tool, not a medical device: every result must be reviewed by a qualified physician",
     }
 
@@ -253,7 +260,28 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         if op:
             lines.append(f"| operating point chosen by evaluate (sens ≥ 0.95) | {_fmt(op.get('threshold'))}: "
                          f"{_fmt(op.get('sensitivity'))} / {_fmt(op.get('specificity'))} |")
+        rule = v.get("image_rule") or {}
+        if rule:
+            lines.append(f"| **image-level rule** (detection ≥ {_fmt(rule.get('confident_detection'), 2)} or head ≥ "
+                         f"{_fmt(rule.get('threshold'))}): sensitivity / specificity | **{_fmt(rule.get('sensitivity'))} / "
+                         f"{_fmt(rule.get('specificity'))}** ({_fmt(rule.get('n_tumor_free_flagged'))} of "
+                         f"{_fmt(rule.get('n_tumor_free_images'))} tumor-free flagged) |")
+            verdicts = rule.get("verdicts") or {}
+            for who, key in (("tumor", "tumor_images"), ("tumor-free", "tumor_free_images")):
+                lines.append(f"| verdicts on {who} images: tumor / suspected / uncertain / no tumor | "
+                             + " / ".join(_fmt(_get(verdicts, k, key)) for k in ("tumor", "suspected", "uncertain", "no_tumor"))
+                             + " |")
         lines.append("")
+    head = card.get("image_score") or {}
+    if head:
+        fit = head.get("fit") or {}
+        sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in (fit.get("sets") or {}).items() if k != "val")
+        lines += [f"Image-level head (`braintumor fit-image-score`): logistic regression (L2 {_fmt(fit.get('l2'))}) on the "
+                  f"pooled {', '.join(head.get('features') or [])} features, fitted on {sets or '—'} images; its threshold "
+                  f"{_fmt(head.get('threshold'))} keeps val sensitivity ≥ {_fmt(fit.get('target_sensitivity'), 2)} "
+                  f"({_fmt(fit.get('val_images'))} val scans). Verdicts: *tumor* (flagged, outlined), *suspected* "
+                  f"(flagged, nothing outlined), *uncertain* (not flagged, a weak outline), *no tumor* (neither; the "
+                  f"only green answer).", ""]
     eq = card.get("equivalence") or {}
     if eq.get("checked"):
         lines += [f"Equivalence with the float32 checkpoint on {eq.get('n_images')} val images: decisions "
@@ -262,7 +290,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   f"largest weight error {_fmt(eq.get('max_abs_weight_error'), 6)}.", ""]
     rep = card.get("replaces")
     if rep:
-        lines += [f"Replaces `{rep.get('file')}` (val Dice {_fmt(rep.get('val_dice'))} → {_fmt(v.get('dice_mean'))}; "
+        spec = (f", specificity at sensitivity ≥ 0.95 {_fmt(rep.get('val_specificity'))} → "
+                f"{_fmt(rep.get('new_val_specificity'))}" if rep.get("new_val_specificity") is not None else "")
+        lines += [f"Replaces `{rep.get('file')}` (val Dice {_fmt(rep.get('val_dice'))} → {_fmt(v.get('dice_mean'))}{spec}; "
                   f"{'better' if rep.get('better_on_val') else 'NOT better'} on val).", ""]
     lines += ["Data: " + "; ".join(f"{x['data']} — {x['source']} ({x['licence']})" for x in card.get("licences", [])) + ".",
               "", f"Use: {card.get('intended_use')}."]

@@ -17,12 +17,41 @@ from braintumor.release.files import (DEFAULT_ENCODING, ENCODINGS, card_path, de
 from braintumor.release.storage import load_release_weights, open_release, write_release
 
 # =============================================================================== export
+DICE_TOLERANCE = 0.005  # val Dice differences this small are a tie (61 images)
+SPECIFICITY_TOLERANCE = 0.01  # about 2 of the 204 held-out tumor-free slices
+
+
+def val_figures(val: dict | None) -> tuple[float | None, float | None]:
+    """``(Dice, specificity)`` of a card's ``val`` summary: the specificity is the image-level
+    rule's when the release has one, else that of the detection operating point."""
+    val = val or {}
+    rule, op = val.get("image_rule") or {}, val.get("operating_point") or {}
+    spec = rule.get("specificity") if rule.get("specificity") is not None else op.get("specificity")
+    return val.get("dice_mean"), spec
+
+
+def better_on_val(new: tuple, old: tuple) -> bool:
+    """A release is better when Dice or specificity improves beyond the tolerances and neither
+    gets worse beyond them (``(Dice, specificity)`` pairs, None when unknown)."""
+    gains, losses = [], []
+    for n, o, tol in zip(new, old, (DICE_TOLERANCE, SPECIFICITY_TOLERANCE)):
+        if n is None or o is None:
+            continue
+        gains.append(n > o + tol)
+        losses.append(n < o - tol)
+    return any(gains) and not any(losses)
+
+
 def _existing_val_dice(head: Path) -> float | None:
+    return _existing_val(head)[0]
+
+
+def _existing_val(head: Path) -> tuple[float | None, float | None]:
     try:
         card = json.loads(card_path(head).read_text(encoding="utf-8"))
-        return (card.get("val") or {}).get("dice_mean")
+        return val_figures(card.get("val"))
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
 def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, metrics: Sequence[str] = (),
@@ -54,15 +83,10 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         raise BrainTumorError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     image_score_text = None
     if image_score is not None:
-        from braintumor.image_score import ImageScore
+        from braintumor.image_score import load_image_score
 
-        try:
-            image_score_text = Path(image_score).read_text(encoding="utf-8")
-            ImageScore.from_dict(json.loads(image_score_text))
-        except (OSError, ValueError) as e:
-            raise BrainTumorError(f"{image_score}: not an image-score file ({str(e).splitlines()[0]})") from None
-        except BrainTumorError as e:
-            raise BrainTumorError(f"{image_score}: {e}") from None
+        load_image_score(image_score)  # refuses a bad file in one line
+        image_score_text = Path(image_score).read_text(encoding="utf-8")
     ckpt = resolve_weights(weights)
     if is_release(ckpt):
         raise BrainTumorError(f"{ckpt}: already a released model; export reads a training checkpoint")
@@ -91,18 +115,19 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         if not replace:
             raise BrainTumorError(f"{folder}: already holds release {old.name} (val Dice {_fmt(old_dice)}); "
                                   f"pass --replace to replace it")
-        val = headline_val(summaries) or {}
-        new_dice = val.get("dice_mean")
-        better = (new_dice is not None and old_dice is not None and new_dice > old_dice)
+        new_dice, new_spec = val_figures(headline_val(summaries))
+        old_spec = _existing_val(old)[1]
+        better = better_on_val((new_dice, new_spec), (old_dice, old_spec))
         replaces = {"file": old.name, "sha256": None, "val_dice": old_dice, "new_val_dice": new_dice,
-                    "better_on_val": better}
+                    "val_specificity": old_spec, "new_val_specificity": new_spec, "better_on_val": better}
         try:
             replaces["sha256"] = json.loads(card_path(old).read_text())["files"][0]["sha256"]
         except (OSError, ValueError, KeyError, IndexError):
             pass
         if not better:
             log(f"warning: the new release is not better on val than {old.name} "
-                f"(val Dice {_fmt(new_dice)} vs {_fmt(old_dice)}); replacing it as asked")
+                f"(val Dice {_fmt(new_dice)} vs {_fmt(old_dice)}, specificity {_fmt(new_spec)} vs {_fmt(old_spec)}); "
+                f"replacing it as asked")
     rel_name = name or f"{cfg.NAME}-{cfg.BACKBONE}".lower()
     if not re.fullmatch(r"[a-z0-9_.]+(-[a-z0-9_.]+)*", rel_name):
         raise BrainTumorError(f"--name must be lower-case letters, digits, '.', '_' and '-', got {rel_name!r}")
@@ -127,7 +152,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
                    "reference": reference, "checked": False}
     card = build_card(name=rel_name, config=cfg, run=run, metrics=summaries, threshold=t, encoding=encoding,
                       command=command, equivalence=equivalence, replaces=replaces,
-                      training_precision=training_precision)
+                      training_precision=training_precision,
+                      image_score=json.loads(image_score_text) if image_score_text is not None else None)
     embedded_cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=t)
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
             "run_config.toml": run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else "",
@@ -181,7 +207,7 @@ def cli_export(args) -> int:
     card = export(args.weights, out=args.out, metrics=args.metrics or (), threshold=args.threshold,
                   encoding=args.encoding, replace=args.replace, config=args.config, data=args.data,
                   command=args.train_command, name=args.name, readme=args.readme, force=args.force,
-                  equivalence_images=args.equivalence_images)
+                  equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None))
     for f in card["files"]:
         if "bytes" in f:
             print(f"{f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256']}")

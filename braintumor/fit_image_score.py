@@ -1,0 +1,180 @@
+"""``braintumor fit-image-score``: fit the image-level "tumor present" head of a model.
+
+What it fits (see :mod:`braintumor.image_score`): a logistic regression on the pooled FPN
+features that :meth:`braintumor.mrcnn.MaskRCNN.detect` returns with every result, and the
+threshold at which "a detection ≥ ``confident_detection`` or the head ≥ threshold" flags at
+least ``sensitivity`` of the val scans.
+
+Training rows (the tumor-free slices come from another source, Br35H, which is brighter):
+
+- tumor: the ``train`` split of ``--data`` (202 thesis scans), the same scans re-windowed to
+  Br35H's grey levels (:func:`braintumor.evaluate.rewindow_like_br35h`), and a fixed sample of
+  the Figshare ``train`` blocks (``--figshare``);
+- no tumor: the tumor-free training slices (``--tumor-free``, part ``train``) and the same
+  slices darkened to the tumor scans' grey levels.
+
+The re-windowed copies are what keeps the head from learning "bright means no tumor"
+(``benchmarks/image_score_probe.py``: without them, val shown at Br35H's windowing drops to
+sensitivity 0.57). Only ``val`` chooses the threshold; the held-out tumor-free slices are
+left for ``braintumor evaluate``.
+
+Features of each set are cached (``--cache``, one ``.npz`` per set and model), so a second
+fit with other settings costs seconds. The output JSON is the head (:meth:`ImageScore.to_dict`)
+plus a ``fit`` record: model, sets and image counts, settings, val sensitivity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from braintumor.errors import BrainTumorError
+from braintumor.evaluate import rewindow_like_br35h
+from braintumor.image_score import ImageScore, choose_threshold, fit
+
+TUMOR_P99 = 165.0  # mean 99th grey percentile of the tumor scans (Br35H: evaluate.BR35H_P99 = 213)
+FIGSHARE_SAMPLE = 200
+FIGSHARE_SEED = 0
+
+
+def darken_like_tumor_scans(image: np.ndarray) -> np.ndarray:
+    """A tumor-free slice at the tumor scans' windowing (99th grey percentile 165)."""
+    return rewindow_like_br35h(image, TUMOR_P99)
+
+
+def image_sets(data: Path, figshare: Path | None, tumor_free: Path,
+               figshare_sample: int = FIGSHARE_SAMPLE) -> dict[str, tuple[int, Callable]]:
+    """name -> (label, function returning ``(names, images)``) of every set the fit reads.
+
+    label 1: tumor, 0: no tumor; ``val`` (label 1) chooses the threshold only.
+    """
+    from braintumor.data import load_split
+    from braintumor.tumor_free import load_tumor_free
+
+    def read(load, transform=None, sample=None):
+        def run():
+            ds = load()
+            ids = list(ds.image_ids)
+            if sample is not None and sample < len(ids):
+                ids = sorted(np.random.default_rng(FIGSHARE_SEED).choice(ids, sample, replace=False).tolist())
+            names = [str(ds.image_info[i].get("name") or Path(ds.image_info[i].get("path", i)).name) for i in ids]
+            images = (ds.load_image(i) for i in ids)
+            return names, (transform(im) for im in images) if transform else images
+        return run
+
+    train = lambda: load_split(data, "train")  # noqa: E731
+    free = lambda: load_tumor_free(tumor_free, "train")  # noqa: E731
+    sets = {
+        "val": (1, read(lambda: load_split(data, "val"))),
+        "train": (1, read(train)),
+        "train_rewindowed": (1, read(train, rewindow_like_br35h)),
+        "tumor_free_train": (0, read(free)),
+        "tumor_free_train_darkened": (0, read(free, darken_like_tumor_scans)),
+    }
+    if figshare is not None:
+        from braintumor.figshare import load_figshare
+
+        sets["figshare_train"] = (1, read(lambda: load_figshare(figshare, "train"), sample=figshare_sample))
+    return sets
+
+
+def extract(predictor, images) -> tuple[np.ndarray, np.ndarray]:
+    """``([N, F] float32 image_features, [N] highest detection score, 0 without detections)``."""
+    feats, best = [], []
+    for im in images:
+        r = predictor.detect([im])[0]
+        if "image_features" not in r:
+            raise BrainTumorError("this detector returns no image_features")
+        feats.append(np.asarray(r["image_features"], np.float32))
+        s = np.asarray(r.get("scores", ()), np.float32)
+        best.append(float(s.max()) if s.size else 0.0)
+    return np.stack(feats), np.asarray(best, np.float32)
+
+
+def _file_tag(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, dict[str, Any]]:
+    """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there."""
+    out = {}
+    tag = _file_tag(Path(predictor.weights_path))
+    for name, (label, read) in sets.items():
+        path = cache / f"{name}-{tag}.npz" if cache is not None else None
+        if path is not None and path.is_file():
+            z = np.load(path)
+            out[name] = {"label": label, "names": list(z["names"]), "features": z["features"], "best": z["best"]}
+            log(f"  {name}: {len(z['names'])} images (cached)")
+            continue
+        t0 = time.perf_counter()
+        names, images = read()
+        if len(names) == 0:
+            raise BrainTumorError(f"{name}: no images")
+        feats, best = extract(predictor, images)
+        out[name] = {"label": label, "names": names, "features": feats, "best": best}
+        log(f"  {name}: {len(names)} images, {time.perf_counter() - t0:.0f} s")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, names=np.asarray(names), features=feats, best=best)
+            tmp.replace(path)
+    return out
+
+
+def fit_head(features: dict[str, dict[str, Any]], l2: float, confident_detection: float,
+             sensitivity: float) -> tuple[ImageScore, dict[str, Any]]:
+    """The head fitted on every set but ``val``, its threshold chosen on ``val``; and the fit record."""
+    train = [k for k in features if k != "val"]
+    x = np.concatenate([features[k]["features"] for k in train])
+    y = np.concatenate([np.full(len(features[k]["names"]), features[k]["label"], np.float64) for k in train])
+    head = fit(x, y, l2=l2, confident_detection=confident_detection)
+    val = features["val"]
+    head = choose_threshold(head, val["features"], val["best"], sensitivity)
+    flagged = head.flags(val["features"], val["best"])
+    record = {"sets": {k: {"images": len(features[k]["names"]), "label": "tumor" if features[k]["label"] else "no tumor"}
+                       for k in features},
+              "l2": l2, "target_sensitivity": sensitivity,
+              "val_sensitivity": round(float(flagged.mean()), 4), "val_images": int(len(flagged))}
+    return head, record
+
+
+def cli_fit_image_score(args) -> int:
+    """``braintumor fit-image-score --data D --tumor-free T [--figshare F] [--weights W] --out FILE.json``."""
+    from braintumor.inference import load_predictor
+    from braintumor.paths import resolve_data_dir
+
+    data = resolve_data_dir(args.data)
+    for flag, folder in (("--tumor-free", args.tumor_free), ("--figshare", args.figshare)):
+        if folder is not None and not Path(folder).is_dir():
+            raise BrainTumorError(f"{folder}: not a folder ({flag})")
+    if not 0.5 <= args.sensitivity < 1.0:
+        raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
+    out = Path(args.out)
+    predictor = load_predictor(args.weights, logs=args.logs)
+    sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample)
+    print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
+    t0 = time.perf_counter()
+    feats = collect(predictor, sets, Path(args.cache) if args.cache else None)
+    head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity)
+    command = ["braintumor fit-image-score"] + [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
+                                                if k in ("weights", "data", "tumor_free", "figshare") and v]
+    if args.figshare:
+        command.append(f"--figshare-sample {args.figshare_sample}")
+    command += [f"--l2 {args.l2:g}", f"--confident-detection {args.confident_detection:g}",
+                f"--sensitivity {args.sensitivity:g}", f"--out {args.out}"]
+    record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
+                   "command": " ".join(command)})
+    doc = {**head.to_dict(), "fit": record}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"threshold {head.threshold:.4f} (detection >= {head.confident_detection:g} also flags): "
+          f"val sensitivity {record['val_sensitivity']:.3f} of {record['val_images']}; written {out}")
+    return 0

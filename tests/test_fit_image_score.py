@@ -1,0 +1,89 @@
+"""``braintumor fit-image-score``: features through detect(), cached, fitted, threshold on val."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import braintumor.inference as inference
+from braintumor import fit_image_score as F
+from braintumor.cli import main
+from braintumor.image_score import load_image_score
+
+
+class GreyPredictor:
+    """``image_features`` = [mean grey, a fixed second feature]; one detection scoring mean grey / 255."""
+
+    def __init__(self, path: Path):
+        self.weights_path = path
+        self.calls = 0
+
+    def detect(self, images):
+        self.calls += 1
+        g = float(images[0].mean())
+        return [{"scores": np.array([g / 255], np.float32), "image_features": np.array([g, 1.0], np.float32)}]
+
+
+def _sets(rng):
+    """Tumor images are bright (grey ~ 120), tumor-free ones dark (~ 60); val bright too."""
+    def read(grey, n):
+        return lambda: ([f"{grey}_{i}.png" for i in range(n)],
+                        (np.full((8, 8, 3), grey + rng.integers(-20, 20), np.uint8) for _ in range(n)))
+    return {"val": (1, read(120, 20)), "train": (1, read(120, 30)), "tumor_free_train": (0, read(60, 40))}
+
+
+def test_features_are_cached_per_model_and_the_head_separates_and_keeps_val_sensitivity(tmp_path):
+    weights = tmp_path / "model.h5"
+    weights.write_bytes(b"x")
+    pred = GreyPredictor(weights)
+    sets = _sets(np.random.default_rng(0))
+    feats = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 90 and sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == [
+        "train", "tumor_free_train", "val"]
+    again = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 90, "the second fit reads the cache"
+    np.testing.assert_array_equal(again["train"]["features"], feats["train"]["features"])
+    weights.write_bytes(b"another model")  # a changed model file never reuses old features
+    F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 180
+
+    head, record = F.fit_head(feats, l2=0.01, confident_detection=0.99, sensitivity=0.95)
+    assert record["val_sensitivity"] >= 0.95 and record["val_images"] == 20
+    assert record["sets"]["tumor_free_train"] == {"images": 40, "label": "no tumor"}
+    assert "val" in record["sets"] and record["sets"]["val"]["images"] == 20
+    bright, dark = np.array([[120.0, 1.0]]), np.array([[60.0, 1.0]])
+    assert head.probability(bright)[0] > head.threshold > head.probability(dark)[0]
+
+
+def test_the_rewindowed_copies_change_the_grey_levels_only():
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[10:30, 10:30] = 100
+    dark = F.darken_like_tumor_scans(np.clip(img.astype(int) * 2, 0, 255).astype(np.uint8))
+    assert np.percentile(dark, 99) == pytest.approx(F.TUMOR_P99, abs=1)
+    assert ((dark > 0) == (img > 0)).all()
+
+
+def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "model.h5"
+    weights.write_bytes(b"x")
+    monkeypatch.setattr(inference, "load_predictor", lambda w, logs="logs": GreyPredictor(weights))
+    monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n: _sets(np.random.default_rng(1)))
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "head" / "image_score.json"
+    assert main(["fit-image-score", "--data", str(data), "--tumor-free", str(tmp_path), "--out", str(out)]) == 0
+    assert "val sensitivity" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["fit"]["weights"] == "model.h5" and doc["fit"]["l2"] == 0.01
+    assert load_image_score(out).threshold == doc["threshold"]
+    assert main(["fit-image-score", "--data", str(data), "--tumor-free", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "not a folder" in err[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(Exception) as e:
+        load_image_score(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
