@@ -109,6 +109,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_MAX_INSTANCES": (20, "detections kept per image"),
     "DETECTION_MIN_CONFIDENCE": (0.7, "detections below this score are dropped"),
     "DETECTION_NMS_THRESHOLD": (0.3, "per-class NMS IoU threshold on detections"),
+    "DETECTION_SECONDARY_MIN_CONFIDENCE": (0.0, "every detection but an image's best one needs at least this score "
+                                                "(0: no extra bar); cuts false regions where scans hold one tumor"),
     "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
     # --- speed (benchmarks/README.md, "How to measure issue 12") ------------------
     "PRECISION": ("float32", "float32, or mixed_bfloat16: bfloat16 compute, float32 weights, losses and box "

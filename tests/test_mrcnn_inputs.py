@@ -121,3 +121,21 @@ def test_class_id_beyond_num_classes_is_a_one_line_error():
     ds.load_mask = lambda i: (blob_image(64, 64, [(5, 5, 20, 20)])[1], np.array([2], np.int32))
     with pytest.raises(BrainTumorError, match="img0.png: class id 2 but NUM_CLASSES is 2"):
         I.build_training_sample(ds, tiny_config(), 0)
+
+
+def test_keep_best_and_strong_drops_only_weak_secondary_detections():
+    from braintumor.mrcnn.inputs import keep_best_and_strong
+
+    masks = np.zeros((4, 4, 4), bool)
+    for i in range(4):
+        masks[i, i, i] = True
+    r = {"rois": np.arange(16).reshape(4, 4), "class_ids": np.array([1, 1, 2, 1]),
+         "scores": np.array([0.6, 0.97, 0.5, 0.96], np.float32), "masks": masks}
+    out = keep_best_and_strong(r, 0.95)
+    assert out["scores"].tolist() == pytest.approx([0.97, 0.96]) and out["class_ids"].tolist() == [1, 1]
+    assert out["rois"].tolist() == [[4, 5, 6, 7], [12, 13, 14, 15]] and out["masks"][1, 1, 0] and out["masks"][3, 3, 1]
+    weak = {**r, "scores": np.array([0.6, 0.7, 0.5, 0.55], np.float32)}
+    assert keep_best_and_strong(weak, 0.95)["scores"].tolist() == pytest.approx([0.7]), "the best stays, however weak"
+    assert keep_best_and_strong(r, 0.0) is r and keep_best_and_strong(r, 0.5) is r, "no bar, or nothing below it"
+    empty = {**r, "rois": np.zeros((0, 4)), "class_ids": np.zeros(0), "scores": np.zeros(0), "masks": np.zeros((4, 4, 0))}
+    assert keep_best_and_strong(empty, 0.95) is empty

@@ -216,3 +216,18 @@ def test_detect_returns_pooled_fpn_features_of_each_image(tmp_path):
         assert r["image_features"].shape == (4 * cfg.TOP_DOWN_PYRAMID_SIZE,) and r["image_features"].dtype == np.float32
         np.testing.assert_allclose(r["image_features"], want, rtol=1e-4, atol=1e-5)
     assert not np.allclose(res[0]["image_features"], res[1]["image_features"])
+
+
+def test_detect_applies_the_secondary_confidence_bar(tmp_path):
+    """An untrained model scores its regions about 1 / NUM_CLASSES: with no floor it returns many;
+    with DETECTION_SECONDARY_MIN_CONFIDENCE above every score only the best is left, the same one."""
+    img = blob_image(64, 64, [(10, 20, 30, 50)])[0]
+    keras.utils.set_random_seed(3)
+    m = MaskRCNN("inference", tiny_config(DETECTION_MIN_CONFIDENCE=0.0), tmp_path)
+    (many,) = m.detect([img])
+    assert len(many["scores"]) >= 2, many["scores"]
+    m.config = m.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.999)
+    (one,) = m.detect([img])
+    best = int(np.argmax(many["scores"]))
+    assert one["scores"].tolist() == [many["scores"][best]] and one["masks"].shape[2] == 1
+    np.testing.assert_array_equal(one["rois"][0], many["rois"][best])

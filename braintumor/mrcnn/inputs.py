@@ -390,6 +390,22 @@ def unmold_mask(mask, box, image_shape) -> np.ndarray:
     return full
 
 
+def keep_best_and_strong(result: dict, min_secondary: float) -> dict:
+    """``result`` (of :func:`unmold_detections`) with the best detection and those others scoring at
+    least ``min_secondary`` (``DETECTION_SECONDARY_MIN_CONFIDENCE``); order kept, the same dict when
+    nothing is dropped."""
+    scores = np.asarray(result["scores"])
+    if min_secondary <= 0 or len(scores) < 2:
+        return result
+    keep = scores >= min_secondary
+    keep[int(np.argmax(scores))] = True
+    if keep.all():
+        return result
+    idx = np.flatnonzero(keep)
+    return {**result, "rois": result["rois"][idx], "class_ids": result["class_ids"][idx], "scores": scores[idx],
+            "masks": result["masks"][:, :, idx]}
+
+
 def unmold_detections(detections, mrcnn_mask, info: ResizeInfo) -> dict:
     """One image's network output -> result dict at the original image size.
 

@@ -38,7 +38,7 @@ from braintumor.mrcnn import losses as L
 from braintumor.mrcnn.backbone import backbone_and_fpn
 from braintumor.mrcnn.detection import DetectionLayer
 from braintumor.mrcnn.heads import classifier_head, mask_head
-from braintumor.mrcnn.inputs import make_tf_dataset, mold_inputs, unmold_detections
+from braintumor.mrcnn.inputs import keep_best_and_strong, make_tf_dataset, mold_inputs, unmold_detections
 from braintumor.mrcnn.precision import compute_scope
 from braintumor.mrcnn.proposals import ProposalLayer
 from braintumor.mrcnn.rpn import rpn_outputs
@@ -499,7 +499,9 @@ class MaskRCNN:
                     print(f"Processing {len(infos)} images, molded {molded.shape}")
                 det, masks, feats = self._predict(molded, metas)
                 for j, info in enumerate(infos):
-                    results.append({**unmold_detections(det[j], masks[j], info), "image_features": feats[j]})
+                    r = keep_best_and_strong(unmold_detections(det[j], masks[j], info),
+                                             float(self.config.DETECTION_SECONDARY_MIN_CONFIDENCE))
+                    results.append({**r, "image_features": feats[j]})
         return results
 
 

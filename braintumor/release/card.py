@@ -174,7 +174,8 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "training_precision": training_precision or config.PRECISION,
                          "class_names": list(config.CLASS_NAMES)},
         "operating_point": {"threshold": round(float(threshold), 4),
-                            "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this"},
+                            "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this",
+                            "secondary_min_confidence": float(getattr(config, "DETECTION_SECONDARY_MIN_CONFIDENCE", 0.0))},
         "storage": {"encoding": encoding,
                     "restored_as": "float32",
                     "note": ("float16: 2 bytes per weight, relative rounding error <= 2**-11"
@@ -251,6 +252,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         lines += ["| val figure | value |", "|---|---:|",
                   f"| images (tumor-free held-out slices) | {_fmt(v.get('n_images'))} ({_fmt(v.get('n_tumor_free_images'))}) |",
                   f"| threshold (operating point) | {_fmt(card.get('operating_point', {}).get('threshold'))} |",
+                  *([f"| regions after an image's best one need | ≥ {_fmt(sec, 2)} (`DETECTION_SECONDARY_MIN_CONFIDENCE`) |"]
+                    if (sec := card.get('operating_point', {}).get('secondary_min_confidence')) else []),
                   f"| Dice (mean over val images) | {_fmt(v.get('dice_mean'))} |",
                   f"| mask mAP@0.5 / @[.5:.95] | {_fmt(v.get('mask_map50'))} / {_fmt(v.get('mask_map'))} |",
                   f"| box mAP@0.5 / @[.5:.95] | {_fmt(v.get('box_map50'))} / {_fmt(v.get('box_map'))} |",
