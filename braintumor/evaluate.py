@@ -358,10 +358,13 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
                          f"specificity {_fmt(op['specificity'])}" + ("" if op["reachable"] else " (not reachable)")))
         rule = results.get("image_rule")
         if rule:
+            free = rule["n_tumor_free_images"]
             rows.append((f"image-level rule (detection >= {rule['confident_detection']:.2f} or head >= {rule['threshold']:.3f})",
-                         f"sensitivity {_fmt(rule['sensitivity'])}, specificity {_fmt(rule['specificity'])} "
-                         f"({rule['n_tumor_free_flagged']} of {rule['n_tumor_free_images']} tumor-free flagged)"))
-            for who, key in (("tumor images", "tumor_images"), ("tumor-free images", "tumor_free_images")):
+                         f"sensitivity {_fmt(rule['sensitivity'])}" + (
+                             f", specificity {_fmt(rule['specificity'])} ({rule['n_tumor_free_flagged']} of {free} "
+                             f"tumor-free flagged)" if free else "")))
+            kinds = [("tumor images", "tumor_images")] + ([("tumor-free images", "tumor_free_images")] if free else [])
+            for who, key in kinds:
                 rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",
                              " / ".join(str(rule["verdicts"][k][key]) for k in ("tumor", "suspected", "uncertain", "no_tumor"))))
     rows += source
