@@ -510,3 +510,23 @@ def test_better_on_val_weighs_dice_and_specificity_with_tolerances():
     assert better_on_val((0.60, None), (0.55, 0.48)), "unknown figures are left out"
     rule = {"dice_mean": 0.7, "operating_point": {"specificity": 0.466}, "image_rule": {"specificity": 0.931}}
     assert val_figures(rule) == (0.7, 0.931) and val_figures({"dice_mean": 0.7, "operating_point": {"specificity": 0.466}}) == (0.7, 0.466)
+
+
+def test_the_card_reports_the_image_level_rule_and_its_verdicts(tmp_path):
+    from braintumor.release.card import metrics_summary, render_card_markdown
+
+    doc = json.loads(_metrics(tmp_path / "m.json", dice=0.75).read_text())
+    doc["image_rule"] = {"threshold": 0.8875, "confident_detection": 0.9, "sensitivity": 0.9508, "specificity": 0.9314,
+                         "n_tumor_free_images": 204, "n_tumor_free_flagged": 14, "per_image": [{"name": "x"}],
+                         "verdicts": {"tumor": {"tumor_images": 55, "tumor_free_images": 13},
+                                      "suspected": {"tumor_images": 3, "tumor_free_images": 1},
+                                      "uncertain": {"tumor_images": 3, "tumor_free_images": 96},
+                                      "no_tumor": {"tumor_images": 0, "tumor_free_images": 94}}}
+    val = metrics_summary(doc, "m.json")
+    assert "per_image" not in val["image_rule"] and val["image_rule"]["n_tumor_free_flagged"] == 14
+    text = render_card_markdown({"val": val, "operating_point": {"threshold": 0.4962, "secondary_min_confidence": 0.95},
+                                 "image_score": {"threshold": 0.8875, "features": ["fpn_p4", "fpn_p5"],
+                                                 "fit": {"l2": 0.01, "sets": {"train": {"images": 202}}}}})
+    assert "0.951 / 0.931** (14 of 204 tumor-free flagged)" in text, text
+    assert "| 55 / 3 / 3 / 0 |" in text and "| 13 / 1 / 96 / 94 |" in text and "≥ 0.95" in text
+    assert "fitted on train 202 images" in text

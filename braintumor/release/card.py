@@ -96,7 +96,7 @@ def _get(d: Any, *keys, default=None):
 
 def metrics_summary(metrics: dict[str, Any], source: str = "") -> dict[str, Any]:
     """The card's figures from one ``metrics.json`` of ``braintumor evaluate`` (None where absent)."""
-    r = lambda v: round(float(v), 4) if isinstance(v, (int, float)) else v  # noqa: E731
+    r = lambda v: v if isinstance(v, (bool, int)) else round(float(v), 4) if isinstance(v, float) else v  # noqa: E731
     op = metrics.get("operating_point") or {}
     return {
         "file": source,
