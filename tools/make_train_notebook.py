@@ -107,14 +107,13 @@ for name in ("pr_curve.png", "worst.png"):
     if (run_dir / "eval_val" / name).is_file():
         display(IPImage(filename=str(run_dir / "eval_val" / name)))'''
 
-SIDE = r'''from braintumor.visualize import side_by_side
+SIDE = r'''from braintumor.detect import filter_result
+from braintumor.visualize import side_by_side
 
 fig, axes = plt.subplots(min(3, len(eval_ds)), 1, figsize=(10, 5 * min(3, len(eval_ds))), squeeze=False)
 for ax, i in zip(axes[:, 0], range(min(3, len(eval_ds)))):
     image = eval_ds.load_image(i)
-    pred = predictor.detect([image])[0]
-    keep = pred["scores"] >= predictor.threshold
-    pred = {k: (v[..., keep] if k == "masks" else v[keep]) for k, v in pred.items()}
+    pred = filter_result(predictor.detect([image])[0], predictor.threshold)  # the detections at the threshold
     ax.imshow(side_by_side(draw_overlay(image, ground_truth(eval_ds, i), eval_ds.class_names),
                            draw_overlay(image, pred, eval_ds.class_names)))
     ax.set_title(f"{eval_ds.image_info[i]['name']}: ground truth (left), prediction (right)")
