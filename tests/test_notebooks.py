@@ -45,3 +45,16 @@ def test_training_notebook_runs_end_to_end(real_data_dir, tumor_free_dir, tmp_pa
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                  if "image/png" in o.get("data", {}))
     assert images >= 3  # data figure, loss curves, evaluation figures
+
+
+def test_the_training_notebook_is_what_its_generator_writes():
+    """``tools/make_train_notebook.py`` is the notebook's source: an edit made in the notebook alone
+    would be lost the next time it runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_train_notebook", ROOT / "tools" / "make_train_notebook.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    built = tool.build()
+    committed = nbformat.read(ROOT / "notebooks" / "01_train.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in built.cells] == [(c.cell_type, c.source) for c in committed.cells]

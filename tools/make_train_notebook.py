@@ -1,4 +1,8 @@
-"""Writes notebooks/01_train.ipynb (the training chapter) from the cells below, without outputs."""
+"""Writes notebooks/01_train.ipynb (the training chapter) from the cells below, without outputs.
+
+Edit the cells here, then run ``.venv/bin/python tools/make_train_notebook.py``; ``tests/test_notebooks.py``
+checks that the committed notebook is what this script writes.
+"""
 
 from pathlib import Path
 
@@ -22,6 +26,9 @@ STEPS = int(os.environ["BT_STEPS"]) if os.environ.get("BT_STEPS") else None
 VAL_STEPS = int(os.environ["BT_VAL_STEPS"]) if os.environ.get("BT_VAL_STEPS") else None
 EVAL_LIMIT = int(os.environ["BT_EVAL_LIMIT"]) if os.environ.get("BT_EVAL_LIMIT") else None  # None: every val image
 LOGS = Path(os.environ.get("BT_LOGS", "logs"))
+# Tumor-free scans (Br35H), mixed into training as empty targets and held out (split by slice) for specificity.
+# None: looked for at data/tumor_free; the resnet101 preset expects them.
+TUMOR_FREE = os.environ.get("BT_TUMOR_FREE") or ("data/tumor_free" if Path("data/tumor_free").is_dir() else None)
 
 from braintumor.paths import resolve_data_dir
 
@@ -29,7 +36,7 @@ DATA = resolve_data_dir(None)
 if not DATA.is_dir():
     subprocess.run([sys.executable, "-m", "braintumor", "fetch-data", "--dest", "data"], check=True)
     DATA = Path("data/brain_tumor_data")
-print("data:", DATA, "| preset:", PRESET, "| epochs:", EPOCHS or "preset", "| steps:", STEPS or "preset")'''
+print("data:", DATA, "| tumor-free:", TUMOR_FREE, "| preset:", PRESET, "| epochs:", EPOCHS or "preset", "| steps:", STEPS or "preset")'''
 
 DATA = r'''from braintumor.data import load_split, summarize
 
@@ -65,7 +72,7 @@ from braintumor.train import build_config
 import argparse
 
 args = argparse.Namespace(config=str(resolve_preset(PRESET)), data=str(DATA), logs=str(LOGS), init=None,
-                          epochs=EPOCHS, steps=STEPS, val_steps=VAL_STEPS, layers=None, tumor_free=None,
+                          epochs=EPOCHS, steps=STEPS, val_steps=VAL_STEPS, layers=None, tumor_free=[TUMOR_FREE] if TUMOR_FREE else None,
                           tumor_free_fraction=None, name=None)
 config = build_config(args)
 config.display();'''
@@ -90,20 +97,19 @@ EVAL = r'''from braintumor.evaluate import evaluate_dataset, format_summary, wri
 from braintumor.inference import load_predictor
 
 predictor = load_predictor(sorted(run_dir.glob("mask_rcnn_*.h5"))[-1], min_confidence=0.05)
-eval_ds = val_ds
-if EVAL_LIMIT:
-    from braintumor.data import Dataset
+eval_ds = val_ds.head(EVAL_LIMIT)
+free_ds = None
+if TUMOR_FREE:
+    from braintumor.tumor_free import load_tumor_free
 
-    eval_ds = Dataset(val_ds.class_names, source=val_ds.source)
-    for info in val_ds.image_info[:EVAL_LIMIT]:
-        eval_ds.add_image(info["path"], info["height"], info["width"], info["shapes"])
-results = evaluate_dataset(predictor, eval_ds, predictor.threshold, progress=False)
+    free_ds = load_tumor_free(TUMOR_FREE, "held-out").head(EVAL_LIMIT)  # slices training never saw
+results = evaluate_dataset(predictor, eval_ds, predictor.threshold, tumor_free_dataset=free_ds, progress=False)
 written = write_report(results, None, run_dir / "eval_val")
 print(format_summary(results))'''
 
 GALLERY = r'''from IPython.display import Image as IPImage, display
 
-for name in ("pr_curve.png", "worst.png"):
+for name in ("pr_curve.png", "threshold_curves.png", "worst.png"):
     if (run_dir / "eval_val" / name).is_file():
         display(IPImage(filename=str(run_dir / "eval_val" / name)))'''
 
@@ -137,7 +143,10 @@ cells = [
        "stops and says so."),
     code(SETUP),
     md("## 2. Parameters\n\nPick the preset (`mrcnn_config/*.toml`) and, optionally, shorter epochs for a try-out. "
-       "The dataset is found at `$BRAIN_TUMOR_DATA` or `data/brain_tumor_data` (downloaded when missing)."),
+       "The dataset is found at `$BRAIN_TUMOR_DATA` or `data/brain_tumor_data` (downloaded when missing). "
+       "Tumor-free scans (`TUMOR_FREE`, e.g. the `no` images of Br35H) are optional: training mixes them in as images "
+       "with nothing to find, and evaluation measures on the slices held out from training how often a scan without "
+       "a tumor is flagged."),
     code(PARAMS),
     md("## 3. The data\n\n`brain_tumor_data`: brain MR slices with tumor outlines drawn in the VGG Image Annotator "
        "(polygons), one class, `tumor`. The check below counts images, tumors and image sizes per split."),
@@ -155,20 +164,32 @@ cells = [
     code(HISTORY),
     md("## 6. Evaluation on the validation split\n\nDice and IoU of the predicted tumor area, COCO mask mAP, "
        "instance precision/recall, and image-level sensitivity, at the preset's confidence threshold "
-       "(`DETECTION_MIN_CONFIDENCE`). The report (`metrics.json`, `metrics.md`, curves, gallery) is written "
-       "into the run folder."),
+       "(`DETECTION_MIN_CONFIDENCE`). With tumor-free scans, also specificity (the share of tumor-free scans with no "
+       "detection), both as curves over the threshold, and the operating point: the threshold that keeps "
+       "sensitivity ≥ 0.95 at the best specificity. The report (`metrics.json`, `metrics.md`, curves, gallery) is "
+       "written into the run folder."),
     code(EVAL),
-    md("Precision-recall curve, and the six images the model does worst on (ground truth beside prediction):"),
+    md("Precision-recall curve, sensitivity and specificity over the threshold (with tumor-free scans), and the six "
+       "images the model does worst on (ground truth beside prediction):"),
     code(GALLERY),
     md("## 7. Predictions beside ground truth"),
     code(SIDE),
-    md("## 8. What next\n\n- `braintumor evaluate --weights last --split val --tumor-free DIR` adds specificity on "
-       "tumor-free scans and picks the operating point.\n- `notebooks/02_detect.ipynb` (or `braintumor app`) puts a "
+    md("## 8. What next\n\n- `braintumor evaluate --weights last --split val --tumor-free DIR` does the same "
+       "evaluation on every image from the command line; `--source-size 225` repeats it with every image shrunk to "
+       "225 px, to check that the model does not tell tumor from no tumor by sharpness (the tumor-free scans are "
+       "small).\n- `notebooks/02_detect.ipynb` (or `braintumor app`) puts a "
        "checkpoint in the radiologist's hands."),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                               "language": "python"}})
-out = Path(__file__).resolve().parent.parent / "notebooks" / "01_train.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_train.ipynb"
+
+
+def build():
+    """The notebook (nbformat v4), cells without outputs."""
+    return nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                      "language": "python"}})
+
+
+if __name__ == "__main__":
+    nbf.write(build(), NOTEBOOK)
+    print("wrote", NOTEBOOK)
