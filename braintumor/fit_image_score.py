@@ -47,8 +47,8 @@ def darken_like_tumor_scans(image: np.ndarray) -> np.ndarray:
     return rewindow_like_br35h(image, TUMOR_P99)
 
 
-def image_sets(data: Path, figshare: Path | None, tumor_free: Path,
-               figshare_sample: int = FIGSHARE_SAMPLE) -> dict[str, tuple[int, Callable]]:
+def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sample: int = FIGSHARE_SAMPLE,
+               figshare_seed: int = FIGSHARE_SEED) -> dict[str, tuple[int, Callable]]:
     """name -> (label, function returning ``(names, images)``) of every set the fit reads.
 
     label 1: tumor, 0: no tumor; ``val`` (label 1) chooses the threshold only.
@@ -61,7 +61,7 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path,
             ds = load()
             ids = list(ds.image_ids)
             if sample is not None and sample < len(ids):
-                ids = sorted(np.random.default_rng(FIGSHARE_SEED).choice(ids, sample, replace=False).tolist())
+                ids = sorted(np.random.default_rng(figshare_seed).choice(ids, sample, replace=False).tolist())
             names = [str(ds.image_info[i].get("name") or Path(ds.image_info[i].get("path", i)).name) for i in ids]
             images = (ds.load_image(i) for i in ids)
             return names, (transform(im) for im in images) if transform else images
@@ -79,7 +79,8 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path,
     if figshare is not None:
         from braintumor.figshare import load_figshare
 
-        sets["figshare_train"] = (1, read(lambda: load_figshare(figshare, "train"), sample=figshare_sample))
+        key = "figshare_train" if figshare_seed == FIGSHARE_SEED else f"figshare_train_seed{figshare_seed}"
+        sets[key] = (1, read(lambda: load_figshare(figshare, "train"), sample=figshare_sample))
     return sets
 
 
@@ -157,7 +158,8 @@ def cli_fit_image_score(args) -> int:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
     out = Path(args.out)
     predictor = load_predictor(args.weights, logs=args.logs)
-    sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample)
+    sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
+                      args.figshare_seed)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
     t0 = time.perf_counter()
     feats = collect(predictor, sets, Path(args.cache) if args.cache else None)
@@ -165,7 +167,8 @@ def cli_fit_image_score(args) -> int:
     command = ["braintumor fit-image-score"] + [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
                                                 if k in ("weights", "data", "tumor_free", "figshare") and v]
     if args.figshare:
-        command.append(f"--figshare-sample {args.figshare_sample}")
+        command.append(f"--figshare-sample {args.figshare_sample}" + (
+            f" --figshare-seed {args.figshare_seed}" if args.figshare_seed != FIGSHARE_SEED else ""))
     command += [f"--l2 {args.l2:g}", f"--confident-detection {args.confident_detection:g}",
                 f"--sensitivity {args.sensitivity:g}", f"--out {args.out}"]
     record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),

@@ -70,7 +70,7 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     weights = tmp_path / "model.h5"
     weights.write_bytes(b"x")
     monkeypatch.setattr(inference, "load_predictor", lambda w, logs="logs": GreyPredictor(weights))
-    monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n: _sets(np.random.default_rng(1)))
+    monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed: _sets(np.random.default_rng(1)))
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "head" / "image_score.json"
