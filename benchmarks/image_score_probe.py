@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 CLASS_MAP = {"meningioma": "tumor", "glioma": "tumor", "pituitary": "tumor"}
 POOLED = ("res5c_out", "fpn_p4", "fpn_p5")
 GROUPS = {"score": (0, 1), "c5": (1, 4097), "fpn": (4097, 5121)}  # columns of a feature row
-TUMOR_P99 = 165.0  # mean 99th grey percentile of the tumor scans (braintumor.evaluate: Br35H 213)
 
 
 def image_sets(data: Path, figshare_train_sample: int, augment_window: bool) -> dict:
@@ -46,6 +45,7 @@ def image_sets(data: Path, figshare_train_sample: int, augment_window: bool) -> 
     from braintumor.data import load_split
     from braintumor.evaluate import degrade_resolution, rewindow_like_br35h
     from braintumor.figshare import load_figshare
+    from braintumor.fit_image_score import darken_like_tumor_scans
     from braintumor.tumor_free import load_tumor_free
 
     def imgs(ds, ids=None):
@@ -71,8 +71,8 @@ def image_sets(data: Path, figshare_train_sample: int, augment_window: bool) -> 
     if augment_window:
         sets.update({
             "bt_train_window": lambda: [rewindow_like_br35h(i) for i in imgs(load_split(bt, "train"))],
-            "free_train_dark": lambda: [rewindow_like_br35h(i, TUMOR_P99) for i in imgs(load_tumor_free(free, "train"))],
-            "free_held_dark": lambda: [rewindow_like_br35h(i, TUMOR_P99) for i in imgs(load_tumor_free(free, "held-out"))],
+            "free_train_dark": lambda: [darken_like_tumor_scans(i) for i in imgs(load_tumor_free(free, "train"))],
+            "free_held_dark": lambda: [darken_like_tumor_scans(i) for i in imgs(load_tumor_free(free, "held-out"))],
         })
     return sets
 

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from braintumor.errors import BrainTumorError
+from braintumor.image_score import verdict
 from braintumor.visualize import draw_overlay, instance_stats
 
 NO_TUMOR_TR = "Tümör bulunamadı"
@@ -60,7 +61,6 @@ SUSPECTED_EN = "Tumor suspected, no region outlined"
 UNCERTAIN_TR = "Belirsiz: zayıf bulgu, görüntü skoru düşük"
 UNCERTAIN_EN = "Uncertain: weak finding, image-level score low"
 DEMO_NO_VERDICT = "Demo model: no verdict"
-VERDICTS = ("tumor", "suspected", "uncertain", "no_tumor")
 
 
 @dataclass
@@ -120,9 +120,8 @@ def image_level(result: dict[str, Any], image_score, n_outlined: int) -> tuple[s
         return ("tumor" if n_outlined else "no_tumor"), None
     best = float(scores.max()) if scores.size else 0.0
     p = float(image_score.probability(np.asarray(features, np.float32)[None])[0])
-    flagged = bool(image_score.flags(np.asarray(features, np.float32)[None], np.array([best]))[0])
-    verdict = ("tumor" if n_outlined else "suspected") if flagged else ("uncertain" if n_outlined else "no_tumor")
-    return verdict, {"probability": round(p, 4), "threshold": round(float(image_score.threshold), 4),
+    flagged = best >= image_score.confident_detection or p >= image_score.threshold  # ImageScore.flags, one image
+    return verdict(flagged, n_outlined > 0), {"probability": round(p, 4), "threshold": round(float(image_score.threshold), 4),
                      "confident_detection": round(float(image_score.confident_detection), 4),
                      "max_detection_score": round(best, 4), "flagged": flagged}
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from braintumor import metrics as M
 from braintumor.errors import BrainTumorError
+from braintumor.image_score import VERDICTS, verdict
 
 EVAL_SCORE_FLOOR = 0.05  # detections below this score are not returned during evaluation
 MIN_SENSITIVITY = 0.95  # target of the chosen operating point
@@ -162,7 +163,7 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
     flagged = image_score.flags(feats, best)
     prob = image_score.probability(feats)
     outlined = best >= threshold
-    verdict = np.where(flagged, np.where(outlined, "tumor", "suspected"), np.where(outlined, "uncertain", "no_tumor"))
+    called = np.array([verdict(f, o) for f, o in zip(flagged, outlined)])
     tumor = np.array([r.has_tumor for r in records])
     out: dict[str, Any] = {
         "threshold": round(float(image_score.threshold), 4),
@@ -172,13 +173,11 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
         "sensitivity": M.safe_ratio(int(flagged[tumor].sum()), int(tumor.sum())),
         "specificity": M.safe_ratio(int((~flagged[~tumor]).sum()), int((~tumor).sum())),
         "n_tumor_free_flagged": int(flagged[~tumor].sum()),
-        "verdicts": {kind: {"tumor_images": int(((verdict == v) & tumor).sum()),
-                            "tumor_free_images": int(((verdict == v) & ~tumor).sum())}
-                     for kind, v in (("tumor", "tumor"), ("suspected", "suspected"), ("uncertain", "uncertain"),
-                                     ("no_tumor", "no_tumor"))},
-        "green_on_tumor_images": [r.name for r, v, t in zip(records, verdict, tumor) if t and v == "no_tumor"],
+        "verdicts": {v: {"tumor_images": int(((called == v) & tumor).sum()),
+                         "tumor_free_images": int(((called == v) & ~tumor).sum())} for v in VERDICTS},
+        "green_on_tumor_images": [r.name for r, v, t in zip(records, called, tumor) if t and v == "no_tumor"],
         "per_image": [{"name": r.name, "probability": round(float(p), 4), "verdict": str(v)}
-                      for r, p, v in zip(records, prob, verdict)],
+                      for r, p, v in zip(records, prob, called)],
     }
     return out
 
@@ -366,7 +365,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             kinds = [("tumor images", "tumor_images")] + ([("tumor-free images", "tumor_free_images")] if free else [])
             for who, key in kinds:
                 rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",
-                             " / ".join(str(rule["verdicts"][k][key]) for k in ("tumor", "suspected", "uncertain", "no_tumor"))))
+                             " / ".join(str(counts[key]) for counts in rule["verdicts"].values())))
     rows += source
     if speed:
         rows.append(("speed", f"{_fmt(speed.get('images_per_second'), 2)} images/s"))

@@ -164,15 +164,13 @@ def cli_fit_image_score(args) -> int:
     t0 = time.perf_counter()
     feats = collect(predictor, sets, Path(args.cache) if args.cache else None)
     head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity)
-    command = ["braintumor fit-image-score"] + [f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
-                                                if k in ("weights", "data", "tumor_free", "figshare") and v]
-    if args.figshare:
-        command.append(f"--figshare-sample {args.figshare_sample}" + (
-            f" --figshare-seed {args.figshare_seed}" if args.figshare_seed != FIGSHARE_SEED else ""))
-    command += [f"--l2 {args.l2:g}", f"--confident-detection {args.confident_detection:g}",
-                f"--sensitivity {args.sensitivity:g}", f"--out {args.out}"]
+    figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
+                f"{args.figshare_seed}" if args.figshare else "")
+    command = (f"braintumor fit-image-score --weights {predictor.weights_path} --data {data} --tumor-free "
+               f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
+               f"--sensitivity {args.sensitivity:g} --out {args.out}")
     record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
-                   "command": " ".join(command)})
+                   "command": command})
     doc = {**head.to_dict(), "fit": record}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -24,7 +24,15 @@ import numpy as np
 from braintumor.errors import BrainTumorError
 
 POOLED_LAYERS = ("fpn_p4", "fpn_p5")  # pooled into the ``image_features`` of every MaskRCNN.detect() result
-FEATURES = 4 * 256  # GAP + GMP of two 256-channel maps
+VERDICTS = ("tumor", "suspected", "uncertain", "no_tumor")
+
+
+def verdict(flagged: bool, outlined: bool) -> str:
+    """What an image is called: flagged by the rule or not, with a region outlined or not
+    (table in :mod:`braintumor.detect`)."""
+    if flagged:
+        return "tumor" if outlined else "suspected"
+    return "uncertain" if outlined else "no_tumor"
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -32,8 +32,8 @@ import numpy as np
 from keras import layers, ops
 
 from braintumor.config import Config
-from braintumor.image_score import POOLED_LAYERS
 from braintumor.errors import BrainTumorError
+from braintumor.image_score import POOLED_LAYERS
 from braintumor.mrcnn import losses as L
 from braintumor.mrcnn.backbone import backbone_and_fpn
 from braintumor.mrcnn.detection import DetectionLayer
@@ -44,10 +44,10 @@ from braintumor.mrcnn.proposals import ProposalLayer
 from braintumor.mrcnn.rpn import rpn_outputs
 from braintumor.mrcnn.targets import DetectionTargetLayer
 
-# which layers each training group trains (regular expressions on layer names)
 # pooled into every detect() result as ``image_features``: the contract is braintumor.image_score's
 IMAGE_FEATURE_LAYERS = POOLED_LAYERS
 
+# which layers each training group trains (regular expressions on layer names)
 LAYER_REGEX = {
     "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
     "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",

@@ -42,10 +42,6 @@ def better_on_val(new: tuple, old: tuple) -> bool:
     return any(gains) and not any(losses)
 
 
-def _existing_val_dice(head: Path) -> float | None:
-    return _existing_val(head)[0]
-
-
 def _existing_val(head: Path) -> tuple[float | None, float | None]:
     try:
         card = json.loads(card_path(head).read_text(encoding="utf-8"))
@@ -111,12 +107,11 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     replaces = None
     if existing:
         old = existing[0]
-        old_dice = _existing_val_dice(old)
+        old_dice, old_spec = _existing_val(old)
         if not replace:
             raise BrainTumorError(f"{folder}: already holds release {old.name} (val Dice {_fmt(old_dice)}); "
                                   f"pass --replace to replace it")
         new_dice, new_spec = val_figures(headline_val(summaries))
-        old_spec = _existing_val(old)[1]
         better = better_on_val((new_dice, new_spec), (old_dice, old_spec))
         replaces = {"file": old.name, "sha256": None, "val_dice": old_dice, "new_val_dice": new_dice,
                     "val_specificity": old_spec, "new_val_specificity": new_spec, "better_on_val": better}
