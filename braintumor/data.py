@@ -129,7 +129,8 @@ class Dataset:
     - ``len(ds)``, ``ds.image_ids`` (``range(n)``)
     - ``ds.image_info[i]``: dict with ``path`` (Path), ``name`` (file name),
       ``height``, ``width`` (pixels, after EXIF orientation), ``shapes``
-      (list of :class:`Shape`)
+      (list of :class:`Shape`); COCO images also ``categories`` (the annotations' own category
+      names before ``CLASS_MAP``, e.g. ``["glioma"]``) and, from Figshare, ``patient_id``
     - :meth:`load_image` -> ``uint8 [H, W, 3]`` RGB
     - :meth:`load_mask` -> ``(bool [H, W, N], int32 [N])``
     - ``problems`` (list of :class:`Problem`), ``errors``, ``warnings``
@@ -434,6 +435,7 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
                            "error", "size mismatch")
             continue
         shapes = []
+        kept_categories: set[str] = set()
         for ann in by_image.get(img.get("id"), []):
             where = f"{json_path}: {img['file_name']} annotation {ann.get('id')}"
             class_id = cat_to_class.get(ann.get("category_id"))
@@ -467,7 +469,10 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
                 ds.add_problem(f"{where}: segmentation covers no pixel; skipped", "warning", "empty shape")
                 continue
             shapes.append(Shape("coco", rle, class_id))
+            kept_categories.add(cat_names.get(ann.get("category_id"), ""))
         extra = {"patient_id": str(img["patient_id"])} if img.get("patient_id") is not None else {}
+        if kept_categories - {""}:  # the annotation categories before CLASS_MAP (e.g. the tumor type)
+            extra["categories"] = sorted(kept_categories - {""})
         ds.add_image(img_path, h, w, shapes, coco_id=img.get("id"), **extra)
     for label, n in sorted(unmapped.items()):
         ds.add_problem(f"{json_path}: {n} annotation{'s' if n > 1 else ''} of class {label!r}, which is not one of "

@@ -182,16 +182,60 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
     return out
 
 
+def category_summary(records: Sequence[M.ImageRecord], groups: Sequence[str | None], threshold: float,
+                     class_names: Sequence[str] = ("BG", "tumor"), image_score=None) -> dict[str, dict] | None:
+    """The tumor images' figures for each annotation category (e.g. Figshare's tumor type).
+
+    ``groups[k]``: the category of ``records[k]`` (``"glioma"``; ``"glioma+pituitary"`` when an
+    image holds two; None for an image without one, which is left out). Per category: images,
+    mean Dice, mask mAP@0.5, image sensitivity (any detection / one on the tumor) at
+    ``threshold`` and, with ``image_score``, the rule's sensitivity and its green verdicts.
+    None when no record has a category.
+    """
+    by: dict[str, list[M.ImageRecord]] = {}
+    for r, g in zip(records, groups):
+        if g and r.has_tumor:
+            by.setdefault(g, []).append(r)
+    if not by:
+        return None
+    out: dict[str, dict] = {}
+    for g, rs in sorted(by.items()):
+        img = M.image_level(rs, threshold)
+        row = {"n_images": len(rs), "dice_mean": M.segmentation_summary(rs, threshold)["dice_mean"],
+               "mask_map50": M.coco_map(rs, class_names)["segm"]["map50"],
+               "sensitivity_any": img["sensitivity_any"], "sensitivity_overlap": img["sensitivity_overlap"]}
+        rule = image_rule_summary(rs, threshold, image_score)
+        if rule:
+            row["rule_sensitivity"] = rule["sensitivity"]
+            row["green_on_tumor_images"] = len(rule["green_on_tumor_images"])
+        out[g] = row
+    return out
+
+
+def record_groups(records: Sequence[M.ImageRecord], dataset) -> list[str | None]:
+    """Each record's annotation categories from ``dataset.image_info[record.index]["categories"]``,
+    joined with ``+`` (None where the dataset gives none)."""
+    info = getattr(dataset, "image_info", None) or []
+    out: list[str | None] = []
+    for r in records:
+        cats = info[r.index].get("categories") if 0 <= r.index < len(info) else None
+        out.append("+".join(cats) if cats else None)
+    return out
+
+
 def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
                      free_records: Sequence[M.ImageRecord] = (), class_names: Sequence[str] = ("BG", "tumor"),
-                     min_sensitivity: float = MIN_SENSITIVITY, image_score=None) -> dict[str, Any]:
+                     min_sensitivity: float = MIN_SENSITIVITY, image_score=None,
+                     groups: Sequence[str | None] | None = None) -> dict[str, Any]:
     """All metrics of an annotated split (``records``) plus optional extra tumor-free images.
 
     Dice, COCO mAP and instance metrics use ``records`` only; image-level
     sensitivity/specificity, their curves and the operating point pool
     ``records`` and ``free_records`` (the split's own empty images count as
     tumor-free too). ``image_score``: the model's image-level head; its rule and verdicts are
-    reported as ``image_rule`` (:func:`image_rule_summary`).
+    reported as ``image_rule`` (:func:`image_rule_summary`). ``groups``: each record's annotation
+    category (:func:`record_groups`); with two or more categories their figures are reported
+    as ``by_category`` (:func:`category_summary`).
     """
     t = float(min_confidence)
     pooled = list(records) + list(free_records)
@@ -213,6 +257,15 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         "curves": {"pr": M.pr_curve(records), "threshold": None},
         "image_rule": image_rule_summary(pooled, t, image_score),
     }
+    if groups is not None:
+        if len(groups) != len(records):
+            raise ValueError(f"{len(groups)} groups for {len(records)} records")
+        for row, g in zip(res["per_image"], groups):
+            if g:
+                row["category"] = g
+        by = category_summary(records, groups, t, class_names, image_score)
+        if by and len(by) > 1:
+            res["by_category"] = by
     if free_records:
         flagged = [r for r in free_records if r.max_score >= t and r.max_score > 0]
         res["tumor_free"] = {
@@ -261,14 +314,16 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
         times = times + more
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
     head = getattr(predictor, "image_score", None)
-    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head)
+    groups = record_groups(records, dataset)
+    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head, groups)
     res["threshold_from"] = "given"
     if at_operating_point:
         op = res["operating_point"]
         if op is None or op.get("threshold") is None:
             raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
                                   f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
-        res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity, head)
+        res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity, head,
+                               groups)
         res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)
@@ -366,6 +421,12 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             for who, key in kinds:
                 rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",
                              " / ".join(str(counts[key]) for counts in rule["verdicts"].values())))
+        for g, c in (results.get("by_category") or {}).items():
+            text = (f"Dice {_fmt(c['dice_mean'])}, mask mAP@0.5 {_fmt(c['mask_map50'])}, sensitivity "
+                    f"{_fmt(c['sensitivity_any'])} (on tumor {_fmt(c['sensitivity_overlap'])})")
+            if "rule_sensitivity" in c:
+                text += f", rule {_fmt(c['rule_sensitivity'])}, green {c['green_on_tumor_images']}"
+            rows.append((f"{g} ({c['n_images']} images)", text))
     rows += source
     if speed:
         rows.append(("speed", f"{_fmt(speed.get('images_per_second'), 2)} images/s"))
@@ -397,8 +458,11 @@ def _markdown(results: dict[str, Any], per_image: Sequence[dict]) -> str:
         lines += ["| image | detections | max score |", "|---|---|---|"]
         lines += [f"| {_cell(r['name'])} | {r['n_det']} | {r['max_score']:.3f} |" for r in per_image]
     else:
-        lines += ["| image | GT | detections | max score | Dice | IoU | TP | FP | FN |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {_cell(r['name'])} | {r['n_gt']} | {r['n_det']} | {r['max_score']:.3f} | {r['dice']:.3f} | {r['iou']:.3f} "
+        cat = any("category" in r for r in per_image)
+        lines += ["| image |" + (" category |" if cat else "") + " GT | detections | max score | Dice | IoU | TP | FP | FN |",
+                  "|---|" + ("---|" if cat else "") + "---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_cell(r['name'])} |" + (f" {_cell(r.get('category', ''))} |" if cat else "")
+                  + f" {r['n_gt']} | {r['n_det']} | {r['max_score']:.3f} | {r['dice']:.3f} | {r['iou']:.3f} "
                   f"| {r['tp']} | {r['fp']} | {r['fn']} |" for r in per_image]
     return "\n".join(lines) + "\n"
 

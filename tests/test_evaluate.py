@@ -407,6 +407,41 @@ def test_real_val_split_ground_truth_scores_one(real_data_dir, tmp_path):
     assert E.write_report(res, None, tmp_path)["metrics.json"].is_file()
 
 
+def test_figures_by_category_worked_out_by_hand(tmp_path):
+    """The scenario's scans as two tumor types: perfect and shifted are gliomas, missed a pituitary.
+    At 0.5: glioma Dice (1 + 0.5) / 2, both flagged, both with a detection on the tumor (the shifted
+    square overlaps its GT); AP@0.5 with TP 0.9, FP 0.8 (IoU 1/3) and one GT never matched: 51 of the
+    101 recall points at precision 1. Pituitary: no detection at 0.5, Dice 0, but its 0.3 detection
+    is exact, so AP 1."""
+    split, free, predictor = scenario()
+    for info, cats in zip(split.image_info, (["glioma"], ["glioma"], ["pituitary"])):
+        info["categories"] = cats
+    res = E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False)
+    check_numbers(res)  # the pooled figures do not change
+    by = res["by_category"]
+    assert list(by) == ["glioma", "pituitary"]
+    g, p = by["glioma"], by["pituitary"]
+    assert g["n_images"] == 2 and g["dice_mean"] == pytest.approx(0.75)
+    assert g["sensitivity_any"] == 1.0 and g["sensitivity_overlap"] == 1.0
+    assert g["mask_map50"] == pytest.approx(51 / 101)
+    assert p["n_images"] == 1 and p["dice_mean"] == 0.0 and p["sensitivity_any"] == 0.0
+    assert p["mask_map50"] == pytest.approx(1.0)
+    assert [r.get("category") for r in res["per_image"]] == ["glioma", "glioma", "pituitary"]
+    rows = dict(E.headline(res))
+    assert rows["glioma (2 images)"] == "Dice 0.750, mask mAP@0.5 0.505, sensitivity 1.000 (on tumor 1.000)"
+    assert rows["pituitary (1 images)"] == "Dice 0.000, mask mAP@0.5 1.000, sensitivity 0.000 (on tumor 0.000)"
+    md = E.write_report(res, None, tmp_path)["metrics.md"].read_text()
+    assert "| image | category | GT |" in md and "| missed.jpg | pituitary |" in md
+    # one category only, or none: nothing to compare, no by_category
+    for info in split.image_info:
+        info["categories"] = ["glioma"]
+    assert "by_category" not in E.evaluate_dataset(predictor, split, 0.5, progress=False)
+    for info in split.image_info:
+        del info["categories"]
+    res = E.evaluate_dataset(predictor, split, 0.5, progress=False)
+    assert "by_category" not in res and all("category" not in r for r in res["per_image"])
+
+
 def test_the_image_level_rule_and_its_verdicts_are_reported():
     """The scenario with an image-level head. Head "yes" on shifted, missed and f1; the perfect
     scan is flagged by its confident detection (0.9 >= 0.85) alone. Worked out by hand:
@@ -439,3 +474,11 @@ def test_the_image_level_rule_and_its_verdicts_are_reported():
     text = E.format_summary(res)
     assert "image-level rule" in text and "2 / 1 / 0 / 0" in text and "0 / 1 / 1 / 2" in text
     assert E.evaluate_dataset(predictor, split, 0.5, tumor_free_dataset=free, progress=False)["image_rule"] is None
+    # by tumor type the rule's sensitivity and green verdicts are counted too
+    for info, cats in zip(split.image_info, (["glioma"], ["meningioma"], ["pituitary"])):
+        info["categories"] = cats
+    by = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free,
+                            progress=False)["by_category"]
+    assert {k: (c["rule_sensitivity"], c["green_on_tumor_images"]) for k, c in by.items()} == {
+        "glioma": (1.0, 0), "meningioma": (1.0, 0), "pituitary": (1.0, 0)}
+    assert by["pituitary"]["sensitivity_any"] == 0.0  # the head flags what the detector missed

@@ -88,12 +88,16 @@ def test_loader_reads_rle_maps_three_categories_and_splits_blocks(tmp_path):
     assert masks.shape == (40, 40, 1) and masks.sum() == 120 and list(ids) == [1]
     every = load_figshare(folder, "all", class_map=MAP3)
     assert len(every) == len(numbers)
+    # each image keeps its tumor type (the category before CLASS_MAP), for evaluate's by-type figures
+    assert [i["categories"] for i in every.image_info] == [[["meningioma", "glioma", "pituitary"][k % 3]]
+                                                           for k in range(len(numbers))]
 
 
 def test_unmapped_categories_are_skipped_and_counted(tmp_path):
     folder = _figshare_folder(tmp_path / "fs", range(1, 7))
     ds = load_figshare(folder, "all", class_map={"glioma": "tumor"})
     assert sum(len(i["shapes"]) for i in ds.image_info) == 2  # only the glioma annotations
+    assert [i.get("categories") for i in ds.image_info] == [None, ["glioma"], None, None, ["glioma"], None]
     warnings = sorted(str(p) for p in ds.warnings)
     assert len(warnings) == 2 and all(p.kind == "unknown class" for p in ds.warnings)
     assert "2 annotations of class 'meningioma'" in warnings[0] and "'pituitary'" in warnings[1]
