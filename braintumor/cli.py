@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fi = sub.add_parser("fit-image-score", help="fit a model's image-level 'tumor present' head (for export --image-score)")
     fi.add_argument("--weights", help="checkpoint or release (default: the released model in models/)")
+    fi.add_argument("--config", help="preset (default: the config.toml of the checkpoint's run folder); e.g. the run's "
+                                     "config with PRECISION = \"float32\", as the release computes")
     fi.add_argument("--data", help="dataset folder: train (fit) and val (threshold)")
     fi.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its 'train' slices are fitted)")
     fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too")

@@ -97,15 +97,19 @@ def extract(predictor, images) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(feats), np.asarray(best, np.float32)
 
 
-def _file_tag(path: Path) -> str:
+def _file_tag(path: Path, config=None) -> str:
+    """12 hex digits naming the model file (path, size, time) and, given a ``config``, its settings:
+    the same checkpoint read in bfloat16 or with another detection floor gives other features."""
     st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    settings = "" if config is None else json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode()).hexdigest()[:12]
 
 
 def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, dict[str, Any]]:
     """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there."""
     out = {}
-    tag = _file_tag(Path(predictor.weights_path))
+    config = getattr(predictor, "config", None)
+    tag = _file_tag(Path(predictor.weights_path), config if hasattr(config, "to_dict") else None)
     for name, (label, read) in sets.items():
         path = cache / f"{name}-{tag}.npz" if cache is not None else None
         if path is not None and path.is_file():
@@ -157,7 +161,7 @@ def cli_fit_image_score(args) -> int:
     if not 0.5 <= args.sensitivity < 1.0:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
     out = Path(args.out)
-    predictor = load_predictor(args.weights, logs=args.logs)
+    predictor = load_predictor(args.weights, config=args.config, logs=args.logs)
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
                       args.figshare_seed)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
@@ -166,7 +170,8 @@ def cli_fit_image_score(args) -> int:
     head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity)
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
-    command = (f"braintumor fit-image-score --weights {predictor.weights_path} --data {data} --tumor-free "
+    config = f" --config {args.config}" if args.config else ""
+    command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
                f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
                f"--sensitivity {args.sensitivity:g} --out {args.out}")
     record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),

@@ -49,6 +49,16 @@ def test_features_are_cached_per_model_and_the_head_separates_and_keeps_val_sens
     weights.write_bytes(b"another model")  # a changed model file never reuses old features
     F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
     assert pred.calls == 180
+    from braintumor.config import Config
+    pred.config = Config({"PRECISION": "float32"})  # the same file read with other settings: other features
+    F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 270
+    pred.config = Config({"PRECISION": "float32"})  # equal settings: the cache again
+    F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 270
+    pred.config = Config({"PRECISION": "mixed_bfloat16"})
+    F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.calls == 360
 
     head, record = F.fit_head(feats, l2=0.01, confident_detection=0.99, sensitivity=0.95)
     assert record["val_sensitivity"] >= 0.95 and record["val_images"] == 20
@@ -69,7 +79,9 @@ def test_the_rewindowed_copies_change_the_grey_levels_only():
 def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "model.h5"
     weights.write_bytes(b"x")
-    monkeypatch.setattr(inference, "load_predictor", lambda w, logs="logs": GreyPredictor(weights))
+    configs = []
+    monkeypatch.setattr(inference, "load_predictor",
+                        lambda w, config=None, logs="logs": configs.append(config) or GreyPredictor(weights))
     monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed: _sets(np.random.default_rng(1)))
     data = tmp_path / "data"
     data.mkdir()
@@ -79,6 +91,11 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     doc = json.loads(out.read_text())
     assert doc["fit"]["weights"] == "model.h5" and doc["fit"]["l2"] == 0.01
     assert load_image_score(out).threshold == doc["threshold"]
+    assert configs == [None] and "--config" not in doc["fit"]["command"]
+    assert main(["fit-image-score", "--data", str(data), "--tumor-free", str(tmp_path), "--out", str(out),
+                 "--config", "run/config_f32.toml"]) == 0
+    assert configs[-1] == "run/config_f32.toml"
+    assert "--config run/config_f32.toml" in json.loads(out.read_text())["fit"]["command"]
     assert main(["fit-image-score", "--data", str(data), "--tumor-free", str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "not a folder" in err[0]
