@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import threading
 import zipfile
@@ -251,7 +250,7 @@ def test_download_through_the_figshare_api(tmp_path, capsys):
     """The API lists the parts; each is downloaded, its MD5 checked, then converted (a local HTTP server)."""
     expected = write_set(tmp_path / "mats")
     served = tmp_path / "served"
-    parts = zip_parts(tmp_path / "mats", served)
+    zip_parts(tmp_path / "mats", served)
     for name in PARTS[2:]:  # the other two parts hold nothing here, but are fetched all the same
         with zipfile.ZipFile(served / name, "w"):
             pass

@@ -7,8 +7,6 @@ with h5py in Matterport's layout (not with the module's own writer).
 
 from __future__ import annotations
 
-import os
-
 import h5py
 import numpy as np
 import pytest
