@@ -79,7 +79,9 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sam
     if figshare is not None:
         from braintumor.figshare import load_figshare
 
-        key = "figshare_train" if figshare_seed == FIGSHARE_SEED else f"figshare_train_seed{figshare_seed}"
+        # the set's name keys the feature cache: another sample must not read this one's features
+        key = ("figshare_train" + ("" if figshare_seed == FIGSHARE_SEED else f"_seed{figshare_seed}")
+               + ("" if figshare_sample == FIGSHARE_SAMPLE else f"_n{figshare_sample}"))
         sets[key] = (1, read(lambda: load_figshare(figshare, "train"), sample=figshare_sample))
     return sets
 

@@ -104,3 +104,12 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     with pytest.raises(Exception) as e:
         load_image_score(bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_each_figshare_sample_is_its_own_set_so_the_cache_never_mixes_them(tmp_path):
+    keys = lambda **kw: [k for k in F.image_sets(tmp_path, tmp_path, tmp_path, **kw) if k.startswith("figshare")]  # noqa: E731
+    assert keys() == ["figshare_train"]
+    assert keys(figshare_seed=1) == ["figshare_train_seed1"]
+    assert keys(figshare_sample=400) == ["figshare_train_n400"]
+    assert keys(figshare_seed=2, figshare_sample=50) == ["figshare_train_seed2_n50"]
+    assert not [k for k in F.image_sets(tmp_path, None, tmp_path) if k.startswith("figshare")]
