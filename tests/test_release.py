@@ -530,3 +530,15 @@ def test_the_card_reports_the_image_level_rule_and_its_verdicts(tmp_path):
     assert "0.951 / 0.931** (14 of 204 tumor-free flagged)" in text, text
     assert "| 55 / 3 / 3 / 0 |" in text and "| 13 / 1 / 96 / 94 |" in text and "≥ 0.95" in text
     assert "fitted on train 202 images" in text
+
+
+def test_the_card_keeps_the_figures_per_tumor_type(tmp_path):
+    from braintumor.release.card import metrics_summary
+
+    doc = json.loads(_metrics(tmp_path / "m.json", dice=0.45).read_text())
+    assert metrics_summary(doc, "m.json")["by_category"] is None
+    doc["by_category"] = {"glioma": {"n_images": 100, "dice_mean": 0.09213, "sensitivity_any": 0.79},
+                          "pituitary": {"n_images": 100, "dice_mean": 0.56312, "sensitivity_any": 0.93}}
+    by = metrics_summary(doc, "m.json")["by_category"]
+    assert by == {"glioma": {"n_images": 100, "dice_mean": 0.0921, "sensitivity_any": 0.79},
+                  "pituitary": {"n_images": 100, "dice_mean": 0.5631, "sensitivity_any": 0.93}}

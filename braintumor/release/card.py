@@ -122,6 +122,8 @@ def metrics_summary(metrics: dict[str, Any], source: str = "") -> dict[str, Any]
         "operating_point": {k: r(op.get(k)) for k in ("threshold", "sensitivity", "specificity")} if op else None,
         "image_rule": ({k: r(v) for k, v in metrics["image_rule"].items() if k not in ("per_image", "green_on_tumor_images")}
                        if isinstance(metrics.get("image_rule"), dict) else None),
+        "by_category": ({g: {k: r(v) for k, v in c.items()} for g, c in metrics["by_category"].items()}
+                        if isinstance(metrics.get("by_category"), dict) else None),
     }
 
 
