@@ -469,10 +469,11 @@ def load_coco(json_path: str | Path, image_dir: str | Path | None = None, class_
                 ds.add_problem(f"{where}: segmentation covers no pixel; skipped", "warning", "empty shape")
                 continue
             shapes.append(Shape("coco", rle, class_id))
-            kept_categories.add(cat_names.get(ann.get("category_id"), ""))
+            if cat_names.get(ann.get("category_id")):
+                kept_categories.add(cat_names[ann.get("category_id")])
         extra = {"patient_id": str(img["patient_id"])} if img.get("patient_id") is not None else {}
-        if kept_categories - {""}:  # the annotation categories before CLASS_MAP (e.g. the tumor type)
-            extra["categories"] = sorted(kept_categories - {""})
+        if kept_categories:  # the annotation categories before CLASS_MAP (e.g. the tumor type)
+            extra["categories"] = sorted(kept_categories)
         ds.add_image(img_path, h, w, shapes, coco_id=img.get("id"), **extra)
     for label, n in sorted(unmapped.items()):
         ds.add_problem(f"{json_path}: {n} annotation{'s' if n > 1 else ''} of class {label!r}, which is not one of "
