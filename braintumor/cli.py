@@ -25,9 +25,15 @@ _HANDLERS = {
     "detect": "braintumor.detect:cli_detect",
     "app": "braintumor.app:cli_app",
     "fit-image-score": "braintumor.fit_image_score:cli_fit_image_score",
+    "calibrate": "braintumor.calibrate:cli_calibrate",
     "export": "braintumor.release:cli_export",
     "model-card": "braintumor.release:cli_model_card",
 }
+
+
+PRECISION_HELP = ("auto, float32 or mixed_bfloat16: a released model computes in bfloat16 (with its calibrated "
+                  "thresholds) only on a CPU with bfloat16 and when its card holds an accepted calibration; "
+                  "for a checkpoint it overrides PRECISION (default: auto, or $BRAINTUMOR_PRECISION)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--image-score", metavar="FILE.json",
                     help="image-level head of braintumor fit-image-score (default: the release's own, if it has one)")
+    ev.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], help=PRECISION_HELP)
     ev.add_argument("--source-probe", choices=["window"],
                     help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
 
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="detections", help="output folder (default: detections)")
     de.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
     de.add_argument("--logs", default="logs", help="logs folder for --weights last")
+    de.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], help=PRECISION_HELP)
 
     ap = sub.add_parser("app", help="serve the decision-support app in the browser (Voila)")
     ap.add_argument("--port", type=int, default=8866)
@@ -126,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a detection scoring at least this flags the image by itself (default 0.9)")
     fi.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity the threshold keeps (default 0.95)")
     fi.add_argument("--logs", default="logs", help="logs folder for --weights last")
+    fi.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
+                    help="precision of the features (default float32: the head serves the release's float32 "
+                         "computation; other precisions get a calibrated threshold, braintumor calibrate)")
+
+    ca = sub.add_parser("calibrate", help="choose a released model's thresholds again for bfloat16 inference, on val, "
+                                          "and write them with their figures into its model card")
+    ca.add_argument("--weights", help="released model (default: the one in models/)")
+    ca.add_argument("--data", help="dataset folder with the val split")
+    ca.add_argument("--split", default="val", help="split the thresholds are chosen on (default: val)")
+    ca.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its held-out slices are used)")
+    ca.add_argument("--precision", choices=["mixed_bfloat16"], default="mixed_bfloat16", help="precision to calibrate")
+    ca.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity both thresholds keep (default 0.95)")
+    ca.add_argument("--readme", help="README to render the updated model card into (between its card markers)")
 
     ex = sub.add_parser("export", help="write the released model (models/) from a training checkpoint, with its model card")
     ex.add_argument("--weights", required=True, help="training checkpoint .h5 (its run's config.toml beside it), or 'last'")

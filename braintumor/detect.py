@@ -8,7 +8,7 @@ it, so a file gives the same numbers in the terminal and in the browser.
 Report (``<stem>.json``)::
 
     {"file": "scan.dcm", "image_size": {"height": 512, "width": 512},
-     "threshold": 0.7, "weights": "logs/tumor20240101T1200/mask_rcnn_tumor_0015.h5",
+     "threshold": 0.7, "weights": "logs/tumor20240101T1200/mask_rcnn_tumor_0015.h5", "precision": "float32",
      "pixel_spacing_mm": [0.5, 0.5] | null, "verdict": "tumor", "tumor_found": true, "num_tumors": 1,
      "image_score": {"probability": 0.97, "threshold": 0.887, "confident_detection": 0.9,
                      "max_detection_score": 0.97, "flagged": true} | null,
@@ -128,12 +128,14 @@ def image_level(result: dict[str, Any], image_score, n_outlined: int) -> tuple[s
 
 def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, Any] | None, threshold: float,
                    class_names: Sequence[str], name: str = "image", weights: str | os.PathLike | None = None,
-                   show_boxes: bool = True, demo: str | None = None, image_score=None) -> Analysis:
+                   show_boxes: bool = True, demo: str | None = None, image_score=None,
+                   precision: str | None = None) -> Analysis:
     """An :class:`Analysis` of one image from the detector's raw ``result`` for it.
 
     ``demo``: why the model is a demo model (:func:`braintumor.release.demo_reason`), recorded in the
     report as ``demo_model``; its "no tumor" is then no verdict. ``image_score``: the model's
     image-level head (:class:`braintumor.image_score.ImageScore`) or None; see the module docstring.
+    ``precision``: what the detector computed in (``float32`` or ``mixed_bfloat16``), recorded as ``precision``.
     """
     meta = meta or {}
     kept = filter_result(result, threshold)
@@ -145,6 +147,7 @@ def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, An
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
         "threshold": round(float(threshold), 4),
         "weights": str(weights) if weights is not None else None,
+        "precision": precision,
         "pixel_spacing_mm": [float(s) for s in spacing] if spacing is not None else None,
         "verdict": verdict,
         "tumor_found": verdict in ("tumor", "suspected"),
@@ -175,7 +178,8 @@ def analyse_image(predictor, image: np.ndarray, meta: dict[str, Any] | None, thr
     return analyse_result(image, result, meta, threshold,
                           class_names if class_names is not None else predictor_class_names(predictor),
                           name=name, weights=getattr(predictor, "weights_path", None), demo=demo,
-                          image_score=getattr(predictor, "image_score", None))
+                          image_score=getattr(predictor, "image_score", None),
+                          precision=getattr(predictor, "precision", None))
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -258,7 +262,7 @@ def cli_detect(args) -> int:
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
         raise BrainTumorError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     predictor = inference.load_predictor(args.weights, config=args.config, logs=args.logs,
-                                         min_confidence=args.min_confidence)
+                                         min_confidence=args.min_confidence, precision=getattr(args, "precision", None))
     threshold = args.min_confidence if args.min_confidence is not None else float(
         getattr(predictor, "threshold", None) or predictor.config.DETECTION_MIN_CONFIDENCE)
     class_names = predictor_class_names(predictor)
@@ -267,7 +271,8 @@ def cli_detect(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BrainTumorError(f"{out}: cannot create output folder ({e.strerror or e})") from None
-    print(f"weights: {predictor.weights_path}  threshold: {threshold:.2f}  output: {out}", flush=True)
+    print(f"weights: {predictor.weights_path}  threshold: {threshold:.2f}  precision: "
+          f"{getattr(predictor, 'precision', 'float32')}  output: {out}", flush=True)
     demo = getattr(predictor, "demo", None)
     if demo:
         from braintumor.release import DEMO_WARNING

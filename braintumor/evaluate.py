@@ -685,7 +685,8 @@ def cli_evaluate(args) -> int:
     from braintumor.inference import load_predictor
 
     floor = EVAL_SCORE_FLOOR if threshold is None else min(EVAL_SCORE_FLOOR, threshold)
-    predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=floor)
+    predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=floor,
+                               precision=getattr(args, "precision", None))
     if getattr(args, "image_score", None):
         from braintumor.image_score import load_image_score
 
@@ -717,13 +718,16 @@ def cli_evaluate(args) -> int:
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
           + (f", every image shrunk to {source_size} px and back" if source_size else "")
           + (", every image re-windowed like Br35H" if window else "")
-          + ("; then reported at its operating point" if at_op else ""), flush=True)
+          + ("; then reported at its operating point" if at_op else "")
+          + (f"; computing in {predictor.precision} ({predictor.precision_reason})" if hasattr(predictor, "precision_reason") else ""),
+          flush=True)
     if args.images:
         results = evaluate_folder(predictor, dataset, threshold, label=label)
     else:
         results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label,
                                    at_operating_point=at_op)
     results["weights"] = str(predictor.weights_path)
+    results["precision"] = getattr(predictor, "precision", None)
     if getattr(predictor, "image_score", None) is not None:
         results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"
     if source_size is not None:

@@ -163,7 +163,8 @@ def cli_fit_image_score(args) -> int:
     if not 0.5 <= args.sensitivity < 1.0:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
     out = Path(args.out)
-    predictor = load_predictor(args.weights, config=args.config, logs=args.logs)
+    predictor = load_predictor(args.weights, config=args.config, logs=args.logs,
+                               precision=getattr(args, "precision", None) or "float32")
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
                       args.figshare_seed)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)

@@ -103,6 +103,8 @@ class Predictor:
         self.class_names = list(config.CLASS_NAMES)
         self.demo: str | None = None  # why this is a demo model (braintumor.release.demo_reason), or None
         self.image_score = None  # the release's image-level head (braintumor.image_score.ImageScore), or None
+        self.precision = config.PRECISION  # what the model computes in (load_predictor: a release's calibrated choice)
+        self.precision_reason = "the config's PRECISION"
         self._model = None
         self._lock = threading.Lock()
         self.load_report = None
@@ -132,24 +134,97 @@ class Predictor:
         return [model.detect([img])[0] for img in images]
 
 
+PRECISION_ENV = "BRAINTUMOR_PRECISION"  # auto (default), float32 or mixed_bfloat16: a release's inference precision
+PRECISION_CHOICES = ("auto", "float32", "mixed_bfloat16")
+
+
+def release_precision(card: dict, requested: str | None = None, cpuinfo: str | None = None,
+                      where: str = "model card") -> tuple[str, dict | None, str]:
+    """Which precision a release computes in here: ``(precision, calibration or None, why)``.
+
+    ``requested`` (else ``$BRAINTUMOR_PRECISION``, else ``auto``): ``float32`` always;
+    ``mixed_bfloat16`` needs a CPU with bfloat16 and the card's calibration for it
+    (:mod:`braintumor.release.calibration`), else a one-line error; ``auto`` takes
+    bfloat16 when both are there and the calibration was accepted, float32 otherwise.
+    """
+    import os
+
+    from braintumor.mrcnn.precision import BF16_FLAGS, cpu_bf16_flags
+    from braintumor.release.calibration import calibration
+
+    want = (requested or os.environ.get(PRECISION_ENV) or "auto").strip()
+    if want not in PRECISION_CHOICES:
+        raise BrainTumorError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {want!r}"
+                              + ("" if requested else f" (from ${PRECISION_ENV})"))
+    if want == "float32":
+        return "float32", None, "float32 asked for"
+    cal = calibration(card, "mixed_bfloat16", where)
+    has_bf16 = bool(cpu_bf16_flags(cpuinfo))
+    if want == "mixed_bfloat16":
+        if not has_bf16:
+            raise BrainTumorError(f"mixed_bfloat16 asked for, but this CPU has none of {', '.join(BF16_FLAGS)}")
+        if cal is None:
+            raise BrainTumorError(f"{where}: no calibration for mixed_bfloat16 (run braintumor calibrate)")
+        return "mixed_bfloat16", cal, "mixed_bfloat16 asked for" + ("" if cal["accepted"] else " (calibration NOT accepted)")
+    if not has_bf16:
+        return "float32", None, "this CPU has no bfloat16"
+    if cal is None:
+        return "float32", None, "no bfloat16 calibration in the model card"
+    if not cal["accepted"]:
+        return "float32", None, "the model card's bfloat16 calibration was not accepted"
+    return "mixed_bfloat16", cal, "this CPU has bfloat16 and the model card an accepted calibration for it"
+
+
+def operating_point(weights_path: Path, config: str | Path | None = None) -> float:
+    """The threshold ``weights_path`` is read at here: a release's calibrated operating point when it
+    computes in bfloat16 on this CPU (:func:`release_precision`), else its config's ``DETECTION_MIN_CONFIDENCE``."""
+    cfg = config_for_checkpoint(Path(weights_path), config)
+    from braintumor.release import is_release, open_release
+
+    if config is None and is_release(weights_path):
+        release = open_release(weights_path)
+        _, cal, _ = release_precision(release.card, where=str(release.head))
+        if cal is not None:
+            return float(cal["operating_point"])
+    return float(cfg.DETECTION_MIN_CONFIDENCE)
+
+
 def load_predictor(weights: str | Path | None, config: str | Path | None = None, logs: str | Path = "logs",
-                   min_confidence: float | None = None) -> Predictor:
+                   min_confidence: float | None = None, precision: str | None = None) -> Predictor:
     """A :class:`Predictor` for ``weights`` (None: the release, ``"last"`` or a path); the model loads on first use.
 
     ``min_confidence`` sets the model's detection floor (``DETECTION_MIN_CONFIDENCE``)
     so that callers can see scores below the run's operating point, e.g. for curves.
+    ``precision``: a release's inference precision (:func:`release_precision`); with bfloat16 its
+    calibrated operating point and image-level threshold replace float32's. A checkpoint, or a
+    release read with an explicit ``config``, computes as its config says unless ``precision``
+    (``float32`` or ``mixed_bfloat16``) overrides ``PRECISION``.
     """
     path = resolve_weights(weights, logs)
     base = config_for_checkpoint(path, config)
+    from braintumor.release import demo_reason, is_release, open_release
+
+    release = open_release(path) if is_release(path) else None
+    cal, why = None, "the config's PRECISION"
+    if release is not None and config is None:
+        chosen, cal, why = release_precision(release.card, precision, where=str(release.head))
+        if cal is not None:
+            base = base.replace(PRECISION=chosen, DETECTION_MIN_CONFIDENCE=float(cal["operating_point"]))
+    elif precision not in (None, "auto"):  # a checkpoint (or a release with --config): PRECISION as asked
+        if precision not in PRECISION_CHOICES:
+            raise BrainTumorError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+        base, why = base.replace(PRECISION=precision), f"{precision} asked for"
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
-    from braintumor.release import demo_reason
-
     predictor = Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)
+    predictor.precision, predictor.precision_reason = base.PRECISION, why
     predictor.demo = demo_reason(path, base)
-    from braintumor.release import is_release, open_release
+    if release is not None:
+        head = release.image_score()
+        if head is not None and cal is not None:
+            from dataclasses import replace
 
-    if is_release(path):
-        predictor.image_score = open_release(path).image_score()
+            head = replace(head, threshold=float(cal["image_score_threshold"]))
+        predictor.image_score = head
     return predictor

@@ -248,11 +248,12 @@ def _demo_reason(ckpt: str | os.PathLike, config: str | os.PathLike | None = Non
 
 
 def _default_threshold(ckpt: str | os.PathLike, config: str | os.PathLike | None = None) -> float:
-    """The run's operating point: DETECTION_MIN_CONFIDENCE of ``config`` or of the config.toml beside the checkpoint."""
+    """The run's operating point: DETECTION_MIN_CONFIDENCE of ``config`` or of the config.toml beside the checkpoint
+    (a release's calibrated one when it computes in bfloat16 here, :func:`braintumor.inference.operating_point`)."""
     try:
-        from braintumor.inference import config_for_checkpoint
+        from braintumor.inference import operating_point
 
-        return float(config_for_checkpoint(Path(ckpt), config).DETECTION_MIN_CONFIDENCE)
+        return operating_point(Path(ckpt), config)
     except Exception:
         return DEFAULT_THRESHOLD
 
@@ -491,7 +492,8 @@ class TumorApp:
         if callable(getattr(pred, "load", None)) and not getattr(pred, "loaded", False):
             pred.load()
         self._predictors[ckpt] = pred
-        self._set_status("ready", "ok", ckpt=html.escape(Path(ckpt).name))
+        bf16 = " · bfloat16" if getattr(pred, "precision", "float32") == "mixed_bfloat16" else ""
+        self._set_status("ready", "ok", ckpt=html.escape(Path(ckpt).name) + bf16)
         return pred
 
     # ------------------------------------------------------------------ Colab uploads
@@ -578,7 +580,8 @@ class TumorApp:
             analysis = analyse_result(cached["image"], cached["raw"], cached["meta"], threshold, class_names,
                                       name=f.name, weights=getattr(predictor, "weights_path", ckpt),
                                       demo=self.demo_reason(ckpt),
-                                      image_score=getattr(predictor, "image_score", None))
+                                      image_score=getattr(predictor, "image_score", None),
+                                      precision=getattr(predictor, "precision", None))
             return _Record(name=f.name, analysis=analysis)
         except BrainTumorError as e:
             return _Record(name=f.name, error=_one_line(e))

@@ -45,7 +45,7 @@ def fake(monkeypatch):
     pred = BlobPredictor()
     calls = []
 
-    def load_predictor(weights, config=None, logs="logs", min_confidence=None):
+    def load_predictor(weights, config=None, logs="logs", min_confidence=None, precision=None):
         calls.append({"weights": weights, "config": config, "logs": logs, "min_confidence": min_confidence})
         return pred
 

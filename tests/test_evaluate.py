@@ -230,7 +230,7 @@ def fake_stack(tmp_path, monkeypatch):
     predictor.weights_path = run / "mask_rcnn_tumor_0003.h5"
     seen = {}
 
-    def load_predictor(weights, config=None, logs="logs", min_confidence=None):
+    def load_predictor(weights, config=None, logs="logs", min_confidence=None, precision=None):
         seen.update(weights=weights, config=config, logs=logs, min_confidence=min_confidence)
         return predictor
 

@@ -79,9 +79,10 @@ def test_the_rewindowed_copies_change_the_grey_levels_only():
 def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "model.h5"
     weights.write_bytes(b"x")
-    configs = []
+    configs, precisions = [], []
     monkeypatch.setattr(inference, "load_predictor",
-                        lambda w, config=None, logs="logs": configs.append(config) or GreyPredictor(weights))
+                        lambda w, config=None, logs="logs", precision=None:
+                        configs.append(config) or precisions.append(precision) or GreyPredictor(weights))
     monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed: _sets(np.random.default_rng(1)))
     data = tmp_path / "data"
     data.mkdir()
@@ -92,6 +93,7 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     assert doc["fit"]["weights"] == "model.h5" and doc["fit"]["l2"] == 0.01
     assert load_image_score(out).threshold == doc["threshold"]
     assert configs == [None] and "--config" not in doc["fit"]["command"]
+    assert precisions == ["float32"], "the head is fitted on the float32 features a release computes by default"
     assert main(["fit-image-score", "--data", str(data), "--tumor-free", str(tmp_path), "--out", str(out),
                  "--config", "run/config_f32.toml"]) == 0
     assert configs[-1] == "run/config_f32.toml"

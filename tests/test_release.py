@@ -542,3 +542,39 @@ def test_the_card_keeps_the_figures_per_tumor_type(tmp_path):
     by = metrics_summary(doc, "m.json")["by_category"]
     assert by == {"glioma": {"n_images": 100, "dice_mean": 0.0921, "sensitivity_any": 0.79},
                   "pituitary": {"n_images": 100, "dice_mean": 0.5631, "sensitivity_any": 0.93}}
+
+
+def test_an_accepted_bfloat16_calibration_is_used_where_the_cpu_has_bfloat16(exported, tmp_path, monkeypatch):
+    """braintumor.release.calibration: the release computes in bfloat16 with the calibrated thresholds, float32 elsewhere."""
+    from braintumor import inference
+    from braintumor.image_score import fit
+    from braintumor.mrcnn import precision as P
+    from braintumor.release.calibration import write_calibration
+
+    n_features = 4 * R.open_release(exported["head"]).config().TOP_DOWN_PYRAMID_SIZE  # avg + max of P4, P5
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, n_features))
+    good = tmp_path / "score.json"
+    good.write_text(json.dumps(fit(x, (x[:, 0] > 0).astype(float)).to_dict()))
+    R.export(exported["ckpt"], out=tmp_path / "models", image_score=str(good), equivalence_images=0, log=lambda *a: None)
+    head = R.find_releases(tmp_path / "models")[0]
+    monkeypatch.delenv(inference.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
+    plain = inference.load_predictor(head)
+    assert plain.precision == "float32" and plain.threshold == pytest.approx(THRESHOLD), "no calibration: float32"
+    write_calibration(head, "mixed_bfloat16", {"operating_point": 0.85, "image_score_threshold": 0.7, "accepted": True})
+    pred = inference.load_predictor(head, min_confidence=0.05)
+    assert pred.precision == "mixed_bfloat16" and "accepted calibration" in pred.precision_reason
+    assert pred.threshold == pytest.approx(0.85) and pred.config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.05)
+    assert pred.image_score.threshold == pytest.approx(0.7), "the head's threshold is the calibrated one"
+    assert inference.operating_point(head) == pytest.approx(0.85), "the app's slider starts there"
+    img, _ = _scan(0)
+    out = pred.detect([img])[0]
+    assert out["image_features"].dtype == np.float32 and out["image_features"].shape == (n_features,)
+    forced = inference.load_predictor(head, precision="float32")
+    assert forced.precision == "float32" and forced.threshold == pytest.approx(THRESHOLD)
+    assert forced.image_score.threshold != pytest.approx(0.7)
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: [])
+    assert inference.load_predictor(head).precision == "float32", "a CPU without bfloat16 reads it in float32"
+    assert inference.operating_point(head) == pytest.approx(THRESHOLD)
+    assert main(["detect", "--weights", str(head), "--precision", "mixed_bfloat16", str(tmp_path / "x.png")]) == 2

@@ -105,7 +105,7 @@ def test_release_accuracy_on_val_and_held_out_tumor_free(rel, real_data_dir, tum
     val = rel.card["val"]
     threshold = float(val.get("threshold") or rel.threshold)
     names = rel.config().CLASS_NAMES
-    predictor = load_predictor(rel.head, min_confidence=EVAL_SCORE_FLOOR)
+    predictor = load_predictor(rel.head, min_confidence=EVAL_SCORE_FLOOR, precision="float32")  # the card's figures
     res = evaluate_dataset(predictor, load_split(real_data_dir, "val", class_names=names), threshold,
                            tumor_free_dataset=load_tumor_free(tumor_free_dir, "held-out", names), progress=False)
     dice, sens = res["segmentation"]["dice_mean"], res["image_level"]["sensitivity_any"]
@@ -121,3 +121,31 @@ def test_release_accuracy_on_val_and_held_out_tumor_free(rel, real_data_dir, tum
         assert rule["specificity"] >= card_rule["specificity"] - 0.05, (rule["specificity"], card_rule["specificity"])
         green = rule["verdicts"]["no_tumor"]["tumor_images"]
         assert green <= card_rule["verdicts"]["no_tumor"]["tumor_images"], rule["green_on_tumor_images"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_release_bfloat16_calibration_holds_on_val(rel, real_data_dir, tumor_free_dir):
+    """The figures of an accepted bfloat16 calibration (braintumor calibrate), where this CPU has bfloat16."""
+    from braintumor.data import load_split
+    from braintumor.evaluate import EVAL_SCORE_FLOOR, evaluate_dataset
+    from braintumor.inference import load_predictor
+    from braintumor.mrcnn.precision import cpu_bf16_flags
+    from braintumor.release.calibration import calibration
+    from braintumor.tumor_free import load_tumor_free
+
+    cal = calibration(rel.card, "mixed_bfloat16", str(rel.head))
+    if cal is None or not cal["accepted"]:
+        pytest.skip("the release carries no accepted bfloat16 calibration: it computes in float32 everywhere")
+    if not cpu_bf16_flags():
+        pytest.skip("this CPU has no bfloat16: the release computes in float32 here")
+    names = rel.config().CLASS_NAMES
+    predictor = load_predictor(rel.head, min_confidence=EVAL_SCORE_FLOOR, precision="mixed_bfloat16")
+    assert predictor.precision == "mixed_bfloat16" and predictor.threshold == cal["operating_point"]
+    res = evaluate_dataset(predictor, load_split(real_data_dir, "val", class_names=names), cal["operating_point"],
+                           tumor_free_dataset=load_tumor_free(tumor_free_dir, "held-out", names), progress=False)
+    val, rule, card_rule = cal["val"], res["image_rule"], cal["val"]["image_rule"]
+    assert res["segmentation"]["dice_mean"] >= val["dice_mean"] - 0.02, (res["segmentation"]["dice_mean"], val["dice_mean"])
+    assert rule["sensitivity"] >= card_rule["sensitivity"] - 1e-9, (rule["sensitivity"], card_rule["sensitivity"])
+    assert rule["specificity"] >= card_rule["specificity"] - 0.05, (rule["specificity"], card_rule["specificity"])
+    assert rule["verdicts"]["no_tumor"]["tumor_images"] <= card_rule["verdicts"]["no_tumor"]["tumor_images"]

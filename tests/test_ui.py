@@ -304,7 +304,7 @@ def test_default_factory_uses_load_predictor_with_a_low_floor(tmp_path, monkeypa
     outside.write_bytes(b"")
     calls = []
 
-    def load_predictor(weights, config=None, logs="logs", min_confidence=None):
+    def load_predictor(weights, config=None, logs="logs", min_confidence=None, precision=None):
         calls.append((weights, config, Path(logs), min_confidence))
         return BlobPredictor()
 

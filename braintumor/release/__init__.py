@@ -37,6 +37,7 @@ The package, one module per stage (every arrow downward):
 :mod:`~braintumor.release.files` (where releases are, names, checksums) →
 :mod:`~braintumor.release.storage` (the HDF5 format, float16/int8 codec, loading) and
 :mod:`~braintumor.release.demo` (steps trained, demo models) →
+:mod:`~braintumor.release.calibration` (thresholds for bfloat16 inference, kept in the card) →
 :mod:`~braintumor.release.card` (the model card) and
 :mod:`~braintumor.release.equivalence` (release against checkpoint) →
 :mod:`~braintumor.release.export` (``braintumor export``, ``braintumor model-card``).

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from braintumor.errors import BrainTumorError
 from braintumor.paths import PROJECT_ROOT
+from braintumor.release.calibration import render_lines as calibration_lines
 from braintumor.release.demo import _epoch_from_name, release_training, training_steps
 from braintumor.release.files import card_path, is_release
 
@@ -287,6 +288,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   f"({_fmt(fit.get('val_images'))} val scans). Verdicts: *tumor* (flagged, outlined), *suspected* "
                   f"(flagged, nothing outlined), *uncertain* (not flagged, a weak outline), *no tumor* (neither; the "
                   f"only green answer).", ""]
+    lines += calibration_lines(card)
     eq = card.get("equivalence") or {}
     if eq.get("checked"):
         lines += [f"Equivalence with the float32 checkpoint on {eq.get('n_images')} val images: decisions "
