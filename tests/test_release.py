@@ -544,20 +544,27 @@ def test_the_card_keeps_the_figures_per_tumor_type(tmp_path):
                   "pituitary": {"n_images": 100, "dice_mean": 0.5631, "sensitivity_any": 0.93}}
 
 
-def test_an_accepted_bfloat16_calibration_is_used_where_the_cpu_has_bfloat16(exported, tmp_path, monkeypatch):
-    """braintumor.release.calibration: the release computes in bfloat16 with the calibrated thresholds, float32 elsewhere."""
-    from braintumor import inference
+def _release_with_head(exported, tmp_path) -> tuple[Path, int]:
+    """The tiny release exported again into ``tmp_path/models`` with a random image-level head; (head file, features)."""
     from braintumor.image_score import fit
-    from braintumor.mrcnn import precision as P
-    from braintumor.release.calibration import write_calibration
 
     n_features = 4 * R.open_release(exported["head"]).config().TOP_DOWN_PYRAMID_SIZE  # avg + max of P4, P5
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, n_features))
     good = tmp_path / "score.json"
     good.write_text(json.dumps(fit(x, (x[:, 0] > 0).astype(float)).to_dict()))
-    R.export(exported["ckpt"], out=tmp_path / "models", image_score=str(good), equivalence_images=0, log=lambda *a: None)
-    head = R.find_releases(tmp_path / "models")[0]
+    R.export(exported["ckpt"], out=tmp_path / "models", image_score=str(good), equivalence_images=0,
+             metrics=[str(exported["metrics"])], log=lambda *a: None)
+    return R.find_releases(tmp_path / "models")[0], n_features
+
+
+def test_an_accepted_bfloat16_calibration_is_used_where_the_cpu_has_bfloat16(exported, tmp_path, monkeypatch):
+    """braintumor.release.calibration: the release computes in bfloat16 with the calibrated thresholds, float32 elsewhere."""
+    from braintumor import inference
+    from braintumor.mrcnn import precision as P
+    from braintumor.release.calibration import write_calibration
+
+    head, n_features = _release_with_head(exported, tmp_path)
     monkeypatch.delenv(inference.PRECISION_ENV, raising=False)
     monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: ["avx512_bf16"])
     plain = inference.load_predictor(head)
@@ -578,3 +585,38 @@ def test_an_accepted_bfloat16_calibration_is_used_where_the_cpu_has_bfloat16(exp
     assert inference.load_predictor(head).precision == "float32", "a CPU without bfloat16 reads it in float32"
     assert inference.operating_point(head) == pytest.approx(THRESHOLD)
     assert main(["detect", "--weights", str(head), "--precision", "mixed_bfloat16", str(tmp_path / "x.png")]) == 2
+
+
+def test_calibrate_command_writes_the_card_and_refuses_what_it_cannot_do(exported, tmp_path, monkeypatch, capsys):
+    from braintumor import inference
+    from braintumor.mrcnn import precision as P
+
+    head, _ = _release_with_head(exported, tmp_path)
+    free = tmp_path / "free"
+    free.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        Image.fromarray((rng.random((SIZE, SIZE)) * 60).astype(np.uint8)).convert("RGB").save(free / f"no{i}.png")
+    args = ["calibrate", "--weights", str(head), "--data", str(exported["data"]), "--tumor-free", str(free)]
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: calibrate --precision mixed_bfloat16: this CPU has none of") and "\n" not in err
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: ["amx_bf16"])
+    assert main(["calibrate", "--weights", str(exported["ckpt"]), "--data", str(exported["data"]),
+                 "--tumor-free", str(free)]) == 2
+    assert "not a released model" in capsys.readouterr().err
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{R.CARD_START}\nold\n{R.CARD_END}\n")
+    assert main(args + ["--readme", str(readme)]) == 0
+    out = capsys.readouterr().out
+    assert "operating point" in out and "written:" in out
+    card = json.loads(R.card_path(head).read_text())
+    cal = card["calibrations"]["mixed_bfloat16"]
+    assert 0 < cal["operating_point"] <= 1 and 0 < cal["image_score_threshold"] <= 1
+    assert cal["val"]["n_images"] == 3 and cal["val"]["n_tumor_free_images"] >= 1 and cal["val"]["image_rule"]
+    assert cal["float32_val"]["dice_mean"] == pytest.approx(0.61), "judged against the card's float32 figures"
+    assert cal["accepted"] == (cal["why_not"] == []) and "Inference precision" in readme.read_text()
+    chosen = inference.load_predictor(head).precision
+    assert chosen == ("mixed_bfloat16" if cal["accepted"] else "float32")
+    R.open_release(head)  # the card still verifies the release
