@@ -8,7 +8,8 @@ once, and from those detections:
 1. chooses the operating point by :func:`braintumor.metrics.choose_operating_point` (val
    sensitivity ≥ ``sensitivity``; its robust threshold, as ``evaluate --at-operating-point``);
 2. chooses the head's threshold by :func:`braintumor.image_score.choose_threshold` on the val
-   scans (as ``fit-image-score`` does; the head's weights stay the release's);
+   scans (as ``fit-image-score --operating-point`` does: sensitivity, and no val scan called "no
+   tumor"; the head's weights stay the release's);
 3. reports every figure at those thresholds beside the card's float32 ones and judges them
    (:func:`braintumor.release.calibration.judge`);
 4. writes the result into the model card as ``calibrations.mixed_bfloat16``, accepted or not.
@@ -61,7 +62,7 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
         raise BrainTumorError("the val scans have no image features: the image-level head cannot be calibrated")
     feats = np.stack([np.asarray(r.image_features, np.float64) for r in scans])
     best = np.asarray([r.max_score for r in scans], np.float64)
-    new_head = choose_threshold(head, feats, best, sensitivity)
+    new_head = choose_threshold(head, feats, best, sensitivity, op["robust_threshold"])
     res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups)
     res["threshold_from"] = "operating point"
     return res, new_head

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--confident-detection", type=float, default=0.9,
                     help="a detection scoring at least this flags the image by itself (default 0.9)")
     fi.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity the threshold keeps (default 0.95)")
+    fi.add_argument("--operating-point", type=float, metavar="T",
+                    help="the model's operating point: the threshold is also low enough that no val scan without "
+                         "a detection at T goes unflagged (no green 'no tumor' on a val tumor scan)")
     fi.add_argument("--logs", default="logs", help="logs folder for --weights last")
     fi.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
                     help="precision of the features (default float32: the head serves the release's float32 "

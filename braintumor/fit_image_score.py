@@ -135,18 +135,19 @@ def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, d
 
 
 def fit_head(features: dict[str, dict[str, Any]], l2: float, confident_detection: float,
-             sensitivity: float) -> tuple[ImageScore, dict[str, Any]]:
-    """The head fitted on every set but ``val``, its threshold chosen on ``val``; and the fit record."""
+             sensitivity: float, outline_threshold: float | None = None) -> tuple[ImageScore, dict[str, Any]]:
+    """The head fitted on every set but ``val``, its threshold chosen on ``val`` (with ``outline_threshold``,
+    the operating point, also so that no val scan is called "no tumor"); and the fit record."""
     train = [k for k in features if k != "val"]
     x = np.concatenate([features[k]["features"] for k in train])
     y = np.concatenate([np.full(len(features[k]["names"]), features[k]["label"], np.float64) for k in train])
     head = fit(x, y, l2=l2, confident_detection=confident_detection)
     val = features["val"]
-    head = choose_threshold(head, val["features"], val["best"], sensitivity)
+    head = choose_threshold(head, val["features"], val["best"], sensitivity, outline_threshold)
     flagged = head.flags(val["features"], val["best"])
     record = {"sets": {k: {"images": len(features[k]["names"]), "label": "tumor" if features[k]["label"] else "no tumor"}
                        for k in features},
-              "l2": l2, "target_sensitivity": sensitivity,
+              "l2": l2, "target_sensitivity": sensitivity, "no_green_at": outline_threshold,
               "val_sensitivity": round(float(flagged.mean()), 4), "val_images": int(len(flagged))}
     return head, record
 
@@ -170,13 +171,17 @@ def cli_fit_image_score(args) -> int:
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
     t0 = time.perf_counter()
     feats = collect(predictor, sets, Path(args.cache) if args.cache else None)
-    head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity)
+    no_green = getattr(args, "operating_point", None)
+    if no_green is not None and not 0.0 < no_green <= 1.0:
+        raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
+    head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity, no_green)
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
     config = f" --config {args.config}" if args.config else ""
     command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
                f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
-               f"--sensitivity {args.sensitivity:g} --out {args.out}")
+               f"--sensitivity {args.sensitivity:g}" + (f" --operating-point {no_green:g}" if no_green else "")
+               + f" --out {args.out}")
     record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
                    "command": command})
     doc = {**head.to_dict(), "fit": record}

@@ -133,9 +133,13 @@ def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_de
 
 
 def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_scores: np.ndarray,
-                     sensitivity: float = 0.95) -> ImageScore:
+                     sensitivity: float = 0.95, outline_threshold: float | None = None) -> ImageScore:
     """``head`` with the highest ``threshold`` at which the rule flags at least ``sensitivity`` of
-    the tumor images given (val scans: ``features [N, F]``, highest detection scores ``[N]``)."""
+    the tumor images given (val scans: ``features [N, F]``, highest detection scores ``[N]``).
+
+    ``outline_threshold`` (the operating point): also low enough that no scan given gets the green
+    "no tumor" verdict, i.e. every scan without a detection at the operating point is flagged.
+    """
     det = np.asarray(max_detection_scores, np.float64).reshape(-1)
     p = head.probability(features)
     need = int(np.ceil(sensitivity * len(p) - 1e-9))
@@ -145,6 +149,10 @@ def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_score
     else:
         rest = np.sort(p[~confident])[::-1]
         t = float(rest[need - int(confident.sum()) - 1])
+    if outline_threshold is not None:
+        green = (det < float(outline_threshold)) & ~confident
+        if green.any():
+            t = min(t, float(p[green].min()))
     from dataclasses import replace
 
     return replace(head, threshold=t)

@@ -84,3 +84,21 @@ def test_round_trip_through_json_and_bad_heads_are_one_line():
         head.probability(np.zeros((2, 5)))
     with pytest.raises(BrainTumorError, match="with and without"):
         fit(x, np.ones(len(x)))
+
+
+def test_choose_threshold_with_the_operating_point_leaves_no_val_scan_green():
+    head = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0, confident_detection=0.9)
+    # 20 scans: probabilities sigmoid(x); scan 0 is the least probable and has no detection at the operating point
+    xs = np.linspace(-2.0, 3.0, 20)[:, None]
+    det = np.full(20, 0.6)
+    det[0] = 0.2
+    plain = choose_threshold(head, xs, det, sensitivity=0.95)
+    p = head.probability(xs)
+    assert (p >= plain.threshold).sum() == 19 and p[0] < plain.threshold, "sensitivity alone leaves scan 0 out"
+    safe = choose_threshold(head, xs, det, sensitivity=0.95, outline_threshold=0.5)
+    assert safe.threshold == pytest.approx(p[0]) and (p >= safe.threshold).all(), "scan 0 is flagged now"
+    det[0] = 0.55  # outlined at 0.5 ("uncertain", not green): nothing to add
+    assert choose_threshold(head, xs, det, 0.95, outline_threshold=0.5).threshold == pytest.approx(plain.threshold)
+    det[0] = 0.95  # a confident detection flags it by itself
+    assert choose_threshold(head, xs, det, 0.95, outline_threshold=0.5).threshold == pytest.approx(
+        choose_threshold(head, xs, det, 0.95).threshold)
