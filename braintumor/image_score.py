@@ -25,6 +25,9 @@ from braintumor.errors import BrainTumorError
 
 POOLED_LAYERS = ("fpn_p4", "fpn_p5")  # pooled into the ``image_features`` of every MaskRCNN.detect() result
 VERDICTS = ("tumor", "suspected", "uncertain", "no_tumor")
+THRESHOLD_MARGIN_LOGIT = 0.1  # the chosen threshold sits this far (log-odds) below the last val scan it must flag:
+# the float16 release moved one head probability by up to 0.004 (0.05 in log-odds at 0.92), enough to unflag a
+# scan whose probability was the threshold itself (stage 4, 2026-12-02: a green "no tumor" on a val tumor scan)
 
 
 def verdict(flagged: bool, outlined: bool) -> str:
@@ -135,7 +138,8 @@ def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_de
 def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_scores: np.ndarray,
                      sensitivity: float = 0.95, outline_threshold: float | None = None) -> ImageScore:
     """``head`` with the highest ``threshold`` at which the rule flags at least ``sensitivity`` of
-    the tumor images given (val scans: ``features [N, F]``, highest detection scores ``[N]``).
+    the tumor images given (val scans: ``features [N, F]``, highest detection scores ``[N]``),
+    less :data:`THRESHOLD_MARGIN_LOGIT` in log-odds, so that rounding cannot unflag those scans.
 
     ``outline_threshold`` (the operating point): also low enough that no scan given gets the green
     "no tumor" verdict, i.e. every scan without a detection at the operating point is flagged.
@@ -153,6 +157,9 @@ def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_score
         green = (det < float(outline_threshold)) & ~confident
         if green.any():
             t = min(t, float(p[green].min()))
+    if t < 1.0:  # a margin below the last scan it must flag: float16 storage or bfloat16 compute must not unflag it
+        z = np.log(t / (1.0 - t)) - THRESHOLD_MARGIN_LOGIT
+        t = float(_sigmoid(np.asarray(z)))
     from dataclasses import replace
 
     return replace(head, threshold=t)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from braintumor.errors import BrainTumorError
-from braintumor.image_score import ImageScore, choose_threshold, fit
+from braintumor.image_score import THRESHOLD_MARGIN_LOGIT, ImageScore, choose_threshold, fit
 
 
 def _two_classes(n_pos=40, n_neg=120, f=6, shift=2.0, seed=0):
@@ -53,8 +53,11 @@ def test_threshold_keeps_the_asked_sensitivity_and_is_the_highest_that_does():
     chosen = choose_threshold(head, xs, det, sensitivity=0.95)
     flagged = chosen.flags(xs, det)
     assert flagged.mean() >= 0.95
+    z = np.log(chosen.threshold / (1 - chosen.threshold)) + THRESHOLD_MARGIN_LOGIT
+    last = 1 / (1 + np.exp(-z))  # the last scan it must flag sits the margin above the threshold
+    assert (chosen.probability(xs) >= last - 1e-9).mean() >= 0.95
     higher = ImageScore(chosen.mean, chosen.scale, chosen.weights, chosen.bias,
-                        threshold=np.nextafter(chosen.threshold, 2.0), confident_detection=chosen.confident_detection)
+                        threshold=np.nextafter(last, 2.0), confident_detection=chosen.confident_detection)
     assert higher.flags(xs, det).mean() < 0.95
 
 
@@ -96,7 +99,9 @@ def test_choose_threshold_with_the_operating_point_leaves_no_val_scan_green():
     p = head.probability(xs)
     assert (p >= plain.threshold).sum() == 19 and p[0] < plain.threshold, "sensitivity alone leaves scan 0 out"
     safe = choose_threshold(head, xs, det, sensitivity=0.95, outline_threshold=0.5)
-    assert safe.threshold == pytest.approx(p[0]) and (p >= safe.threshold).all(), "scan 0 is flagged now"
+    assert safe.threshold < p[0] and (p >= safe.threshold).all(), "scan 0 is flagged now, with a margin"
+    z0 = np.log(p[0] / (1 - p[0])) - THRESHOLD_MARGIN_LOGIT
+    assert safe.threshold == pytest.approx(1 / (1 + np.exp(-z0)))
     det[0] = 0.55  # outlined at 0.5 ("uncertain", not green): nothing to add
     assert choose_threshold(head, xs, det, 0.95, outline_threshold=0.5).threshold == pytest.approx(plain.threshold)
     det[0] = 0.95  # a confident detection flags it by itself
