@@ -138,6 +138,12 @@ PRECISION_ENV = "BRAINTUMOR_PRECISION"  # auto (default), float32 or mixed_bfloa
 PRECISION_CHOICES = ("auto", "float32", "mixed_bfloat16")
 
 
+def _checked_precision(value: str, source: str = "") -> str:
+    if value not in PRECISION_CHOICES:
+        raise BrainTumorError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {value!r}{source}")
+    return value
+
+
 def release_precision(card: dict, requested: str | None = None, cpuinfo: str | None = None,
                       where: str = "model card") -> tuple[str, dict | None, str]:
     """Which precision a release computes in here: ``(precision, calibration or None, why)``.
@@ -152,10 +158,8 @@ def release_precision(card: dict, requested: str | None = None, cpuinfo: str | N
     from braintumor.mrcnn.precision import BF16_FLAGS, cpu_bf16_flags
     from braintumor.release.calibration import calibration
 
-    want = (requested or os.environ.get(PRECISION_ENV) or "auto").strip()
-    if want not in PRECISION_CHOICES:
-        raise BrainTumorError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {want!r}"
-                              + ("" if requested else f" (from ${PRECISION_ENV})"))
+    want = _checked_precision((requested or os.environ.get(PRECISION_ENV) or "auto").strip(),
+                              "" if requested else f" (from ${PRECISION_ENV})")
     if want == "float32":
         return "float32", None, "float32 asked for"
     cal = calibration(card, "mixed_bfloat16", where)
@@ -211,9 +215,7 @@ def load_predictor(weights: str | Path | None, config: str | Path | None = None,
         if cal is not None:
             base = base.replace(PRECISION=chosen, DETECTION_MIN_CONFIDENCE=float(cal["operating_point"]))
     elif precision not in (None, "auto"):  # a checkpoint (or a release with --config): PRECISION as asked
-        if precision not in PRECISION_CHOICES:
-            raise BrainTumorError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
-        base, why = base.replace(PRECISION=precision), f"{precision} asked for"
+        base, why = base.replace(PRECISION=_checked_precision(precision)), f"{precision} asked for"
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
