@@ -52,9 +52,11 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "TUMOR_FREE_DIRS": ([], "folders of tumor-free images mixed into training as empty targets"),
     "TUMOR_FREE_FRACTION": (0.0, "share of training samples drawn from TUMOR_FREE_DIRS (0..0.9)"),
     "CLASS_MAP": ({}, "COCO category name -> class name (glioma = \"tumor\"); unmapped categories are skipped, counted"),
-    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT}: KIND split (VIA/COCO split folders), "
-                    "figshare or tumor_free; DIR relative to the --data folder's parent; WEIGHT: share of every "
-                    "epoch's samples; empty = --data's train split (+ the TUMOR_FREE_DIRS mix)"),
+    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT, CATEGORIES}: KIND split (VIA/COCO "
+                    "split folders), figshare or tumor_free; DIR relative to the --data folder's parent; WEIGHT: "
+                    "share of every epoch's samples; CATEGORIES: keep only images with an annotation of one of these "
+                    "COCO categories (e.g. [\"glioma\"], to give one tumor type its own share); empty = --data's "
+                    "train split (+ the TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
     # --- optimisation --------------------------------------------------------
     "LEARNING_RATE": (0.001, "SGD learning rate"),
@@ -140,6 +142,7 @@ def _positive_int(name, v):
 
 
 SOURCE_KINDS = ("split", "figshare", "tumor_free")
+SOURCE_KEYS = {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT", "CATEGORIES"}
 
 
 def _check_sources(sources) -> None:
@@ -147,13 +150,19 @@ def _check_sources(sources) -> None:
         raise ConfigError("SOURCES must be a list of tables ([[SOURCES]] in TOML)")
     names = []
     for s in sources:
-        if not isinstance(s, dict) or not {"NAME", "KIND", "WEIGHT"} <= set(s) or set(s) - {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT"}:
-            raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT), got {s!r}")
+        if not isinstance(s, dict) or not {"NAME", "KIND", "WEIGHT"} <= set(s) or set(s) - SOURCE_KEYS:
+            raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT, CATEGORIES), "
+                              f"got {s!r}")
         if s["KIND"] not in SOURCE_KINDS:
             raise ConfigError(f"SOURCES {s['NAME']!r}: KIND must be one of {SOURCE_KINDS}, got {s['KIND']!r}")
         w = s["WEIGHT"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
             raise ConfigError(f"SOURCES {s['NAME']!r}: WEIGHT must be a positive number, got {w!r}")
+        cats = s.get("CATEGORIES")
+        if cats is not None and (s["KIND"] == "tumor_free" or not isinstance(cats, list) or not cats
+                                 or not all(isinstance(c, str) and c for c in cats)):
+            raise ConfigError(f"SOURCES {s['NAME']!r}: CATEGORIES must be a non-empty list of category names "
+                              f"(not for KIND tumor_free), got {cats!r}")
         names.append(s["NAME"])
     if len(set(names)) != len(names):
         raise ConfigError(f"SOURCES names must be unique, got {names}")

@@ -208,8 +208,12 @@ class Dataset:
 
     def head(self, n: int | None) -> "Dataset":
         """The first ``n`` images as a new Dataset (same classes, source, format and problems); all when ``n`` is None."""
+        return self.subset(self.image_info[:n])
+
+    def subset(self, infos: Iterable[dict]) -> "Dataset":
+        """A new Dataset of the given ``image_info`` records (renumbered; same classes, source, format, problems)."""
         out = Dataset(self.class_names, source=self.source, format=self.format)
-        for info in self.image_info[:n]:
+        for info in infos:
             extra = {k: v for k, v in info.items() if k not in ("id", "path", "name", "height", "width", "shapes")}
             out.add_image(info["path"], info["height"], info["width"], info["shapes"], **extra)
         out.problems = list(self.problems)

@@ -131,6 +131,17 @@ def per_pass_counts(weights: list[float], total: int) -> list[int]:
     return [int(c) for c in counts]
 
 
+def with_categories(ds: Any, categories: list[str], where: str) -> Any:
+    """The images of ``ds`` holding an annotation of one of ``categories`` (the COCO category names
+    the loader records per image, before ``CLASS_MAP``; case-insensitive), as a new Dataset.
+    A clear error when none is left: a misspelt category must not silently empty a source."""
+    wanted = {c.lower() for c in categories}
+    keep = [info for info in ds.image_info if wanted & {c.lower() for c in info.get("categories", [])}]
+    if not keep:
+        raise BrainTumorError(f"{where}: no image with an annotation of category {', '.join(sorted(wanted))}")
+    return ds.subset(keep)
+
+
 def combine_sources(parts: list[tuple[str, Any, float]], samples_per_pass: int, class_names) -> Any:
     """One training dataset from several ``(name, dataset, weight)`` sources: every pass (one
     epoch of ``samples_per_pass`` samples) draws :func:`per_pass_counts` images from each
@@ -191,6 +202,8 @@ def load_training_data(config: Config, data_dir: Path, source_overrides: dict[st
             else:
                 ds = load_split(folder, src.get("SPLIT", "train"), class_names=config.CLASS_NAMES,
                                 class_map=config.CLASS_MAP)
+                if src.get("CATEGORIES"):
+                    ds = with_categories(ds, src["CATEGORIES"], f"{folder} (training source {src['NAME']!r})")
             if ds.errors:
                 raise BrainTumorError(f"{ds.errors[0]} ({len(ds.errors)} errors; run: braintumor data check)")
             parts.append((src["NAME"], ds, float(src["WEIGHT"])))

@@ -215,3 +215,33 @@ def test_train_source_option_errors_are_one_line(tiny_data, capsys):
     assert err[0].startswith("error: --source nope: the preset has no such source")
     assert "brain_tumor_data, figshare, tumor_free" in err[0]
     assert err[1] == "error: --source needs NAME=DIR, got 'figshare'"
+
+
+def test_a_source_can_keep_only_some_categories(tmp_path, tiny_data):
+    """``CATEGORIES`` gives one tumor type its own share: only images annotated with it are kept,
+    matched by the COCO category name before CLASS_MAP; a name that matches nothing is an error."""
+    from braintumor.train import load_training_data
+
+    root = Path(tiny_data).parent
+    _figshare_folder(root / "fs", range(1, 13))  # categories cycle meningioma, glioma, pituitary
+    (root / "free").mkdir()
+    Image.fromarray(np.full((48, 48, 3), 9, np.uint8)).save(root / "free" / "n0.jpg")
+    sources = [{"NAME": "fs", "KIND": "figshare", "SPLIT": "train", "WEIGHT": 0.5},
+               {"NAME": "glioma", "KIND": "figshare", "DIR": "fs", "SPLIT": "train", "WEIGHT": 0.5,
+                "CATEGORIES": ["Glioma"]}]
+    train, _, _ = load_training_data(Config({"STEPS_PER_EPOCH": 8, "CLASS_MAP": MAP3, "SOURCES": sources}),
+                                     Path(tiny_data))
+    by_source = {n: [train.image_info[i] for i in train.image_ids if train.image_info[i]["source"] == n]
+                 for n in ("fs", "glioma")}
+    assert len(by_source["fs"]) == 12
+    assert sorted(Path(i["path"]).stem for i in by_source["glioma"]) == ["11", "2", "5", "8"]
+    assert all(i["categories"] == ["glioma"] and len(i["shapes"]) == 1 for i in by_source["glioma"])
+    assert [k for _, k in train.pass_pools] == [4, 4]
+    sources[1]["CATEGORIES"] = ["astrocytoma"]
+    with pytest.raises(BrainTumorError, match="no image with an annotation of category astrocytoma"):
+        load_training_data(Config({"STEPS_PER_EPOCH": 8, "CLASS_MAP": MAP3, "SOURCES": sources}), Path(tiny_data))
+    for bad in ([], "glioma", [""]):
+        with pytest.raises(ConfigError, match="CATEGORIES must be a non-empty list"):
+            Config({"SOURCES": [{"NAME": "a", "KIND": "figshare", "WEIGHT": 1, "CATEGORIES": bad}]})
+    with pytest.raises(ConfigError, match="not for KIND tumor_free"):
+        Config({"SOURCES": [{"NAME": "a", "KIND": "tumor_free", "WEIGHT": 1, "CATEGORIES": ["glioma"]}]})
