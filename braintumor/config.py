@@ -339,16 +339,21 @@ class Config:
         """The settings as a TOML document, each with its comment."""
         import tomli_w
 
-        lines = []
-        tables = []
+        lines, arrays, tables = [], [], []
         for k in DEFAULTS:
             v = getattr(self, k)
-            if isinstance(v, dict):  # [TABLE]s go last; lists of tables stay inline arrays among the keys
+            if isinstance(v, dict):
                 tables.append(k)
-                continue
-            lines.append(f"# {COMMENTS[k]}")
-            lines.append(tomli_w.dumps({k: v}).strip())
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                arrays.append(k)
+            else:
+                lines.append(f"# {COMMENTS[k]}")
+                lines.append(tomli_w.dumps({k: v}).strip())
         text = "\n".join(lines) + "\n"
+        # After every plain key, since a table header claims the keys below it: first the arrays of tables,
+        # always as [[KEY]] blocks (tomli_w writes short ones inline, long ones as blocks), then the [TABLE]s.
+        for k in arrays:
+            text += f"\n# {COMMENTS[k]}\n" + "\n".join(f"[[{k}]]\n" + tomli_w.dumps(x) for x in getattr(self, k))
         for k in tables:
             text += f"\n# {COMMENTS[k]}\n" + tomli_w.dumps({k: getattr(self, k)})
         return text

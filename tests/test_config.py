@@ -105,8 +105,11 @@ def test_overrides_and_display(capsys):
 def test_sources_and_class_map_round_trip_through_the_run_config(tmp_path):
     from braintumor.config import Config
 
-    c = Config.from_toml(ROOT / "mrcnn_config" / "resnet101_figshare.toml")
-    assert c.SOURCES and c.CLASS_MAP and c.AUGMENTATION
-    c.save(tmp_path / "config.toml")
-    back = Config.from_toml(tmp_path / "config.toml")
-    assert back.SOURCES == c.SOURCES and back.CLASS_MAP == c.CLASS_MAP and back.to_dict() == c.to_dict()
+    for preset in ("resnet101_figshare", "resnet101_figshare_stage5"):  # stage 5: a source with a CATEGORIES list
+        c = Config.from_toml(ROOT / "mrcnn_config" / f"{preset}.toml")
+        assert c.SOURCES and c.CLASS_MAP and c.AUGMENTATION
+        c = c.replace(EPOCHS=5, SCHEDULE=[{"epochs": 2, "layers": "heads"}, {"epochs": 3, "layers": "all", "learning_rate": 0.01}])
+        c.save(tmp_path / "config.toml")
+        back = Config.from_toml(tmp_path / "config.toml")  # the keys after the sources must not fall into the last one
+        assert back.SOURCES == c.SOURCES and back.CLASS_MAP == c.CLASS_MAP and back.to_dict() == c.to_dict()
+        assert back.SCHEDULE[1]["learning_rate"] == 0.01 and back.LEARNING_RATE == c.LEARNING_RATE
