@@ -620,3 +620,19 @@ def test_calibrate_command_writes_the_card_and_refuses_what_it_cannot_do(exporte
     chosen = inference.load_predictor(head).precision
     assert chosen == ("mixed_bfloat16" if cal["accepted"] else "float32")
     R.open_release(head)  # the card still verifies the release
+
+
+def test_the_card_counts_the_tumor_free_share_of_a_multi_source_run():
+    """A SOURCES run's tumor-free share is its tumor_free sources' part of the weights, not TUMOR_FREE_FRACTION."""
+    from braintumor.config import load_config
+    from braintumor.release.card import tumor_free_share
+
+    root = Path(__file__).resolve().parent.parent / "mrcnn_config"
+    stage6 = load_config(root / "resnet101_figshare_stage6.toml")
+    assert stage6.TUMOR_FREE_FRACTION != 0.35
+    assert tumor_free_share(stage6) == pytest.approx(0.35)
+    cfg = tiny_config(TUMOR_FREE_FRACTION=0.2)
+    assert tumor_free_share(cfg) == pytest.approx(0.2)
+    cfg = tiny_config(SOURCES=[{"NAME": "a", "KIND": "split", "WEIGHT": 3.0},
+                               {"NAME": "b", "KIND": "tumor_free", "WEIGHT": 1.0}])
+    assert tumor_free_share(cfg) == pytest.approx(0.25)

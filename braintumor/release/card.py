@@ -43,6 +43,17 @@ def _git_commit(root: Path = PROJECT_ROOT) -> str | None:
     return out.stdout.strip() + ("+local changes" if dirty.stdout.strip() else "")
 
 
+def tumor_free_share(config) -> float:
+    """Fraction of the training samples that are tumor-free: the tumor_free sources' share of the
+    SOURCES weights when the run has sources, else TUMOR_FREE_FRACTION."""
+    sources = list(getattr(config, "SOURCES", None) or [])
+    if not sources:
+        return float(config.TUMOR_FREE_FRACTION)
+    total = sum(float(s["WEIGHT"]) for s in sources)
+    free = sum(float(s["WEIGHT"]) for s in sources if s["KIND"] == "tumor_free")
+    return round(free / total, 6) if total > 0 else 0.0
+
+
 def run_summary(ckpt: Path, config) -> dict[str, Any]:
     """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data."""
     from braintumor.paths import read_history
@@ -57,7 +68,7 @@ def run_summary(ckpt: Path, config) -> dict[str, Any]:
         "wall_seconds": round(sum(secs), 1) if secs else None,
         "history_epochs": len(rows) or None,
         "init": config.INIT,
-        "tumor_free_dirs": list(config.TUMOR_FREE_DIRS), "tumor_free_fraction": config.TUMOR_FREE_FRACTION,
+        "tumor_free_dirs": list(config.TUMOR_FREE_DIRS), "tumor_free_fraction": tumor_free_share(config),
     }
     init = Path(str(config.INIT))
     if str(config.INIT) not in ("random", "imagenet", "coco", "last") and is_release(init):
