@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--at-operating-point", action="store_true",
                     help="report at the operating point found on these images (sensitivity >= 0.95), "
                          "from the same detections: one pass instead of two")
+    ev.add_argument("--flip", action="store_true",
+                    help="test-time horizontal flip: detect on each image and its mirror image, merged (TEST_TIME_FLIP)")
     ev.add_argument("--source-size", type=int, metavar="PX",
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--image-score", metavar="FILE.json",

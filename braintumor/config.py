@@ -113,6 +113,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_NMS_THRESHOLD": (0.3, "per-class NMS IoU threshold on detections"),
     "DETECTION_SECONDARY_MIN_CONFIDENCE": (0.0, "every detection but an image's best one needs at least this score "
                                                 "(0: no extra bar); cuts false regions where scans hold one tumor"),
+    "TEST_TIME_FLIP": (False, "also detect on the left-right mirror image and merge the two views (scores and masks "
+                              "averaged; braintumor/mrcnn/flip.py): twice the detect time"),
     "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
     # --- speed (benchmarks/README.md, "How to measure issue 12") ------------------
     "PRECISION": ("float32", "float32, or mixed_bfloat16: bfloat16 compute, float32 weights, losses and box "
@@ -229,6 +231,8 @@ class Config:
         _positive_int("VALIDATION_EVERY", self.VALIDATION_EVERY)
         if not isinstance(self.VALIDATION_CACHE, bool):
             raise ConfigError(f"VALIDATION_CACHE must be true or false, got {self.VALIDATION_CACHE!r}")
+        if not isinstance(self.TEST_TIME_FLIP, bool):
+            raise ConfigError(f"TEST_TIME_FLIP must be true or false, got {self.TEST_TIME_FLIP!r}")
         if self.LAYERS not in LAYER_GROUPS:
             raise ConfigError(f"LAYERS must be one of {', '.join(LAYER_GROUPS)}, got {self.LAYERS!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:

@@ -687,6 +687,9 @@ def cli_evaluate(args) -> int:
     floor = EVAL_SCORE_FLOOR if threshold is None else min(EVAL_SCORE_FLOOR, threshold)
     predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=floor,
                                precision=getattr(args, "precision", None))
+    flip = bool(getattr(args, "flip", False))
+    if flip:  # before the model is built: Predictor.load reads its config then
+        predictor.config = predictor.config.replace(TEST_TIME_FLIP=True)
     if getattr(args, "image_score", None):
         from braintumor.image_score import load_image_score
 
@@ -709,15 +712,16 @@ def cli_evaluate(args) -> int:
     if args.out:
         out_dir = Path(args.out)
     elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
-        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else "") + ("_window" if window else ""))
+        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else "") + ("_window" if window else "") + ("_flip" if flip else ""))
     else:
         out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else "")
-                                                      + ("_window" if window else ""))
+                                                      + ("_window" if window else "") + ("_flip" if flip else ""))
 
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
           + (f", every image shrunk to {source_size} px and back" if source_size else "")
           + (", every image re-windowed like Br35H" if window else "")
+          + (", with its mirror image (test-time flip)" if flip else "")
           + ("; then reported at its operating point" if at_op else "")
           + (f"; computing in {predictor.precision} ({predictor.precision_reason})" if hasattr(predictor, "precision_reason") else ""),
           flush=True)
@@ -734,6 +738,7 @@ def cli_evaluate(args) -> int:
         results["dataset"]["source_size"] = int(source_size)
     if window:
         results["dataset"]["source_probe"] = "window"
+    results["test_time_flip"] = flip
     written = write_report(results, None, out_dir)
     print(format_summary(results))
     print(f"metrics: {written['metrics.json']}")

@@ -37,6 +37,7 @@ from braintumor.image_score import POOLED_LAYERS
 from braintumor.mrcnn import losses as L
 from braintumor.mrcnn.backbone import backbone_and_fpn
 from braintumor.mrcnn.detection import DetectionLayer
+from braintumor.mrcnn.flip import merge_views, unflip
 from braintumor.mrcnn.heads import classifier_head, mask_head
 from braintumor.mrcnn.inputs import keep_best_and_strong, make_tf_dataset, mold_inputs, unmold_detections
 from braintumor.mrcnn.precision import compute_scope
@@ -485,22 +486,31 @@ class MaskRCNN:
         images = list(images)
         results = []
         step = max(1, self.config.BATCH_SIZE)
+        flip = bool(self.config.TEST_TIME_FLIP)  # braintumor.mrcnn.flip: a second view, twice the time
         for i in range(0, len(images), step):
             chunk = images[i:i + step]
             try:
-                molded, metas, infos = mold_inputs(chunk, self.config)
-                groups = [(molded, metas, infos)]
+                groups = [(chunk, *mold_inputs(chunk, self.config))]
             except BrainTumorError:
                 if len(chunk) == 1:
                     raise
-                groups = [mold_inputs([im], self.config) for im in chunk]
-            for molded, metas, infos in groups:
+                groups = [([im], *mold_inputs([im], self.config)) for im in chunk]
+            for group, molded, metas, infos in groups:
                 if verbose:
                     print(f"Processing {len(infos)} images, molded {molded.shape}")
                 det, masks, feats = self._predict(molded, metas)
+                if flip:  # the mirror view, molded on its own (padding and crop need not be symmetric)
+                    molded_f, metas_f, infos_f = mold_inputs([np.ascontiguousarray(im[:, ::-1]) for im in group],
+                                                             self.config)
+                    det_f, masks_f, _ = self._predict(molded_f, metas_f)
                 for j, info in enumerate(infos):
-                    r = keep_best_and_strong(unmold_detections(det[j], masks[j], info),
-                                             float(self.config.DETECTION_SECONDARY_MIN_CONFIDENCE))
+                    if flip:
+                        r = merge_views(unmold_detections(det[j], masks[j], info, soft=True),
+                                        unflip(unmold_detections(det_f[j], masks_f[j], infos_f[j], soft=True),
+                                               info.original_shape[1]))
+                    else:
+                        r = unmold_detections(det[j], masks[j], info)
+                    r = keep_best_and_strong(r, float(self.config.DETECTION_SECONDARY_MIN_CONFIDENCE))
                     results.append({**r, "image_features": feats[j]})
         return results
 
