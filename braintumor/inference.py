@@ -144,6 +144,15 @@ def _checked_precision(value: str, source: str = "") -> str:
     return value
 
 
+def calibrated_here(cal: dict, cpuinfo: str | None = None) -> bool:
+    """Whether a bfloat16 calibration was measured on a CPU with this CPU's bfloat16 flags (a card
+    that does not record them counts as calibrated here)."""
+    from braintumor.mrcnn.precision import cpu_bf16_flags
+
+    flags = (cal.get("measured_on") or {}).get("bf16_flags")
+    return flags is None or sorted(flags) == sorted(cpu_bf16_flags(cpuinfo))
+
+
 def release_precision(card: dict, requested: str | None = None, cpuinfo: str | None = None,
                       where: str = "model card") -> tuple[str, dict | None, str]:
     """Which precision a release computes in here: ``(precision, calibration or None, why)``.
@@ -151,7 +160,10 @@ def release_precision(card: dict, requested: str | None = None, cpuinfo: str | N
     ``requested`` (else ``$BRAINTUMOR_PRECISION``, else ``auto``): ``float32`` always;
     ``mixed_bfloat16`` needs a CPU with bfloat16 and the card's calibration for it
     (:mod:`braintumor.release.calibration`), else a one-line error; ``auto`` takes
-    bfloat16 when both are there and the calibration was accepted, float32 otherwise.
+    bfloat16 when both are there, the calibration was accepted and it was measured on a CPU
+    with the same bfloat16 flags as this one (``measured_on.bf16_flags``; oneDNN picks its
+    kernels by them, AMX or AVX-512, and their scores differ enough to move a verdict),
+    float32 otherwise.
     """
     import os
 
@@ -176,6 +188,10 @@ def release_precision(card: dict, requested: str | None = None, cpuinfo: str | N
         return "float32", None, "no bfloat16 calibration in the model card"
     if not cal["accepted"]:
         return "float32", None, "the model card's bfloat16 calibration was not accepted"
+    if not calibrated_here(cal, cpuinfo):
+        return "float32", None, (f"the model card's bfloat16 calibration was measured with "
+                                 f"{', '.join(cal['measured_on']['bf16_flags'])}, this CPU has "
+                                 f"{', '.join(cpu_bf16_flags(cpuinfo))}")
     return "mixed_bfloat16", cal, "this CPU has bfloat16 and the model card an accepted calibration for it"
 
 

@@ -110,6 +110,21 @@ def test_release_precision_auto_takes_bfloat16_only_with_the_cpu_and_an_accepted
     assert release_precision(card, "float32", cpuinfo=BF16_CPU)[:2] == ("float32", None)
 
 
+def test_auto_keeps_float32_where_the_cpu_has_other_bfloat16_kernels_than_the_calibration(monkeypatch):
+    """oneDNN computes bfloat16 with AMX where the CPU has it and with AVX-512 otherwise; the release
+    0d02451e, calibrated with avx512_bf16 alone, flagged one val scan fewer on an AMX CPU (0.967 -> 0.951)."""
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    amx_cpu = BF16_CPU.rstrip("\n") + " amx_bf16 amx_tile\n"
+    card = {"calibrations": {"mixed_bfloat16": _entry(measured_on={"cpu": "AMD EPYC", "bf16_flags": ["avx512_bf16"]})}}
+    assert release_precision(card, cpuinfo=BF16_CPU)[0] == "mixed_bfloat16"
+    chosen, cal, why = release_precision(card, cpuinfo=amx_cpu)
+    assert (chosen, cal) == ("float32", None) and "measured with avx512_bf16" in why and "amx_bf16" in why
+    assert release_precision(card, "mixed_bfloat16", cpuinfo=amx_cpu)[0] == "mixed_bfloat16", "asked for: used"
+    on_amx = {"calibrations": {"mixed_bfloat16": _entry(measured_on={"bf16_flags": ["amx_bf16", "avx512_bf16"]})}}
+    assert release_precision(on_amx, cpuinfo=amx_cpu)[0] == "mixed_bfloat16"
+    assert release_precision(on_amx, cpuinfo=BF16_CPU)[0] == "float32"
+
+
 def test_release_precision_asked_for_and_from_the_environment(monkeypatch):
     card = {"calibrations": {"mixed_bfloat16": _entry(False)}}
     assert release_precision(card, "mixed_bfloat16", cpuinfo=BF16_CPU)[0] == "mixed_bfloat16", "asked for: used"

@@ -139,6 +139,11 @@ def test_release_bfloat16_calibration_holds_on_val(rel, real_data_dir, tumor_fre
         pytest.skip("the release carries no accepted bfloat16 calibration: it computes in float32 everywhere")
     if not cpu_bf16_flags():
         pytest.skip("this CPU has no bfloat16: the release computes in float32 here")
+    from braintumor.inference import calibrated_here
+
+    if not calibrated_here(cal):
+        pytest.skip(f"calibrated with {cal['measured_on']['bf16_flags']}, this CPU has {cpu_bf16_flags()}: "
+                    "the release computes in float32 here")
     names = rel.config().CLASS_NAMES
     predictor = load_predictor(rel.head, min_confidence=EVAL_SCORE_FLOOR, precision="mixed_bfloat16")
     assert predictor.precision == "mixed_bfloat16" and predictor.threshold == cal["operating_point"]
