@@ -709,13 +709,13 @@ def cli_evaluate(args) -> int:
     window = getattr(args, "source_probe", None) == "window"
     if window:
         predictor = WindowProbePredictor(predictor)
+    suffix = (f"_at{source_size}px" if source_size else "") + ("_window" if window else "") + ("_flip" if flip else "")
     if args.out:
         out_dir = Path(args.out)
     elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
-        out_dir = Path("out") / (f"eval_{Path(predictor.weights_path).stem}_{label}" + (f"_at{source_size}px" if source_size else "") + ("_window" if window else "") + ("_flip" if flip else ""))
+        out_dir = Path("out") / f"eval_{Path(predictor.weights_path).stem}_{label}{suffix}"
     else:
-        out_dir = Path(predictor.weights_path).parent / (f"eval_{label}" + (f"_at{source_size}px" if source_size else "")
-                                                      + ("_window" if window else "") + ("_flip" if flip else ""))
+        out_dir = Path(predictor.weights_path).parent / f"eval_{label}{suffix}"
 
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
