@@ -26,6 +26,7 @@ _HANDLERS = {
     "app": "braintumor.app:cli_app",
     "fit-image-score": "braintumor.fit_image_score:cli_fit_image_score",
     "calibrate": "braintumor.calibrate:cli_calibrate",
+    "average": "braintumor.average:cli_average",
     "export": "braintumor.release:cli_export",
     "model-card": "braintumor.release:cli_model_card",
 }
@@ -152,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--precision", choices=["mixed_bfloat16"], default="mixed_bfloat16", help="precision to calibrate")
     ca.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity both thresholds keep (default 0.95)")
     ca.add_argument("--readme", help="README to render the updated model card into (between its card markers)")
+
+    av = sub.add_parser("average", help="average several checkpoints' weights (one run's tail, or runs from one start) "
+                                        "into a new run folder")
+    av.add_argument("--weights", action="append", required=True, metavar="H5",
+                    help="training checkpoint or release (repeat for each member; two or more)")
+    av.add_argument("--coef", type=float, nargs="+", metavar="C",
+                    help="one coefficient per member, normalised to sum 1 (default: equal shares)")
+    av.add_argument("--out", required=True, help="new folder for the averaged checkpoint (a run folder)")
 
     ex = sub.add_parser("export", help="write the released model (models/) from a training checkpoint, with its model card")
     ex.add_argument("--weights", required=True, help="training checkpoint .h5 (its run's config.toml beside it), or 'last'")
