@@ -69,15 +69,15 @@ def _base_member(members: Sequence[Path]) -> Path:
 
 
 def _copy_run_files(src_ckpt: Path, out: Path, epoch: int | None) -> None:
+    from braintumor.paths import read_history
+
     run = src_ckpt.parent
-    hist = run / "history.csv"
-    if hist.is_file():
-        with open(hist, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows:
-            keep = [rows[0]] + [r for r in rows[1:] if epoch is None or (r and r[0].isdigit() and int(r[0]) <= epoch)]
-            with open(out / "history.csv", "w", newline="") as f:
-                csv.writer(f).writerows(keep)
+    rows = [r for r in read_history(run / "history.csv") if epoch is None or int(r["epoch"]) <= epoch]
+    if rows:
+        with open(out / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     for name in COPIED:
         if (run / name).is_file():
             shutil.copyfile(run / name, out / name)
