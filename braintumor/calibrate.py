@@ -42,13 +42,14 @@ def _cpu_model() -> str:
 
 
 def calibrate_records(records, free_records, head, class_names, sensitivity: float, groups=None,
-                      floor: float = 0.05) -> tuple[dict[str, Any], Any]:
+                      floor: float = 0.05, flagged_min_confidence: float | None = None) -> tuple[dict[str, Any], Any]:
     """The two thresholds from detections already made: ``(results at them, head with its new threshold)``.
 
     records / free_records: :class:`braintumor.metrics.ImageRecord` of the val split and of the
     held-out tumor-free slices, with ``image_features``; head: the release's
     :class:`~braintumor.image_score.ImageScore`. The results are :func:`braintumor.evaluate.evaluate_records`'s
-    at the chosen operating point, with the recalibrated head's rule.
+    at the chosen operating point, with the recalibrated head's rule (and flagged images outlined down to
+    ``flagged_min_confidence``, the release's ``DETECTION_FLAGGED_MIN_CONFIDENCE``).
     """
     from braintumor.evaluate import evaluate_records
     from braintumor.image_score import choose_threshold
@@ -63,7 +64,8 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
     feats = np.stack([np.asarray(r.image_features, np.float64) for r in scans])
     best = np.asarray([r.max_score for r in scans], np.float64)
     new_head = choose_threshold(head, feats, best, sensitivity, op["robust_threshold"])
-    res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups)
+    res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups,
+                           flagged_min_confidence)
     res["threshold_from"] = "operating point"
     return res, new_head
 
@@ -107,7 +109,8 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
     records, times = collect_records(predictor, dataset, progress, split)
     free_records, more = collect_records(predictor, free, progress, "tumor-free")
     res, new_head = calibrate_records(records, free_records, head, list(dataset.class_names), sensitivity,
-                                      record_groups(records, dataset), EVAL_SCORE_FLOOR)
+                                      record_groups(records, dataset), EVAL_SCORE_FLOOR,
+                                      fp32.DETECTION_FLAGGED_MIN_CONFIDENCE)
     res["dataset"]["label"] = split
     res["weights"] = path.name
     res["precision"] = precision

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>)")
     ev.add_argument("--logs", default="logs", help="logs folder for --weights last")
     ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
+    ev.add_argument("--flagged-min-confidence", type=float, metavar="X",
+                    help="on images the image-level head flags, detections count down to X "
+                         "(default: DETECTION_FLAGGED_MIN_CONFIDENCE of the model's config; 0: off)")
     ev.add_argument("--at-operating-point", action="store_true",
                     help="report at the operating point found on these images (sensitivity >= 0.95), "
                          "from the same detections: one pass instead of two")
@@ -163,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--out", required=True, help="new folder for the averaged checkpoint (a run folder)")
 
     ex = sub.add_parser("export", help="write the released model (models/) from a training checkpoint, with its model card")
-    ex.add_argument("--weights", required=True, help="training checkpoint .h5 (its run's config.toml beside it), or 'last'")
+    ex.add_argument("--weights", required=True,
+                    help="training checkpoint .h5 (its run's config.toml beside it), 'last', or a release to release "
+                         "again with new thresholds and figures")
     ex.add_argument("--out", help="models folder (default: $BRAINTUMOR_MODELS or models/)")
     ex.add_argument("--metrics", action="append", metavar="METRICS.json",
                     help="metrics.json (or its folder) of braintumor evaluate on this checkpoint (repeatable; val first)")
@@ -178,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101)")
     ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
     ex.add_argument("--image-score", metavar="FILE.json", help="image-level head of braintumor fit-image-score, embedded in the release")
+    ex.add_argument("--flagged-threshold", type=float, metavar="X",
+                    help="DETECTION_FLAGGED_MIN_CONFIDENCE: on scans the image-level head flags, outline regions "
+                         "down to X (default: the run's; 0: off)")
     ex.add_argument("--force", action="store_true", help="keep the release even if it is not equivalent to the checkpoint")
 
     mc = sub.add_parser("model-card", help="print the released model's card as Markdown, or write it into the README")

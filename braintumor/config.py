@@ -113,6 +113,9 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_NMS_THRESHOLD": (0.3, "per-class NMS IoU threshold on detections"),
     "DETECTION_SECONDARY_MIN_CONFIDENCE": (0.0, "every detection but an image's best one needs at least this score "
                                                 "(0: no extra bar); cuts false regions where scans hold one tumor"),
+    "DETECTION_FLAGGED_MIN_CONFIDENCE": (0.0, "on a scan the image-level head flags, regions count down to this score "
+                                              "when it is below DETECTION_MIN_CONFIDENCE, so a flagged scan's best region "
+                                              "is outlined (0: no lower bar; needs a head, braintumor/image_score.py)"),
     "TEST_TIME_FLIP": (False, "also detect on the left-right mirror image and merge the two views (scores and masks "
                               "averaged; braintumor/mrcnn/flip.py): twice the detect time"),
     "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
@@ -255,6 +258,7 @@ class Config:
         _unit("WEIGHT_DECAY", self.WEIGHT_DECAY, 0.0, 0.1)
         _unit("ROI_POSITIVE_RATIO", self.ROI_POSITIVE_RATIO, 0.01, 1.0)
         _unit("DETECTION_MIN_CONFIDENCE", self.DETECTION_MIN_CONFIDENCE)
+        _unit("DETECTION_FLAGGED_MIN_CONFIDENCE", self.DETECTION_FLAGGED_MIN_CONFIDENCE)
         _unit("DETECTION_NMS_THRESHOLD", self.DETECTION_NMS_THRESHOLD)
         _unit("RPN_NMS_THRESHOLD", self.RPN_NMS_THRESHOLD)
         _unit("TUMOR_FREE_FRACTION", self.TUMOR_FREE_FRACTION, 0.0, 0.9)

@@ -8,7 +8,7 @@ it, so a file gives the same numbers in the terminal and in the browser.
 Report (``<stem>.json``)::
 
     {"file": "scan.dcm", "image_size": {"height": 512, "width": 512},
-     "threshold": 0.7, "weights": "logs/tumor20240101T1200/mask_rcnn_tumor_0015.h5", "precision": "float32",
+     "threshold": 0.7, "outline_threshold": 0.7, "weights": "logs/tumor20240101T1200/mask_rcnn_tumor_0015.h5", "precision": "float32",
      "pixel_spacing_mm": [0.5, 0.5] | null, "verdict": "tumor", "tumor_found": true, "num_tumors": 1,
      "image_score": {"probability": 0.97, "threshold": 0.887, "confident_detection": 0.9,
                      "max_detection_score": 0.97, "flagged": true} | null,
@@ -31,7 +31,10 @@ verdict        flagged / outlines         shown as
 ``no_tumor``   no / none                  no tumor found (green)
 =============  =========================  =============================================
 
-So the green "no tumor found" needs both the detector and the head to see nothing.
+So the green "no tumor found" needs both the detector and the head to see nothing. On a flagged
+image, regions count down to the release's ``DETECTION_FLAGGED_MIN_CONFIDENCE`` (when that is
+below the threshold): the head is sure enough that the scan holds a tumor, so its best region is
+outlined even when it scores below the threshold; the report's ``outline_threshold`` says which bar applied.
 ``tumor_found`` is true for ``tumor`` and ``suspected``.
 """
 
@@ -51,7 +54,7 @@ import numpy as np
 from PIL import Image
 
 from braintumor.errors import BrainTumorError
-from braintumor.image_score import verdict
+from braintumor.image_score import verdict as image_verdict
 from braintumor.visualize import draw_overlay, instance_stats
 
 NO_TUMOR_TR = "Tümör bulunamadı"
@@ -108,44 +111,58 @@ def filter_result(result: dict[str, Any], threshold: float) -> dict[str, np.ndar
     return out
 
 
-def image_level(result: dict[str, Any], image_score, n_outlined: int) -> tuple[str, dict[str, Any] | None]:
-    """``(verdict, image_score report or None)`` for one detector ``result`` (see the module docstring).
-
-    image_score: an :class:`braintumor.image_score.ImageScore` or None; without one, or when
-    ``result`` has no ``image_features``, the verdict rests on the outlines alone.
-    """
+def image_flag(result: dict[str, Any], image_score) -> dict[str, Any] | None:
+    """The image-level rule on one detector ``result``: its report (``flagged``, the head's
+    ``probability`` and thresholds), or None without a head (an
+    :class:`braintumor.image_score.ImageScore`) or without ``image_features`` in ``result``."""
     scores = np.asarray(result.get("scores", np.zeros(0)), dtype=np.float32).reshape(-1)
     features = result.get("image_features")
     if image_score is None or features is None:
-        return ("tumor" if n_outlined else "no_tumor"), None
+        return None
     best = float(scores.max()) if scores.size else 0.0
     p = float(image_score.probability(np.asarray(features, np.float32)[None])[0])
     flagged = best >= image_score.confident_detection or p >= image_score.threshold  # ImageScore.flags, one image
-    return verdict(flagged, n_outlined > 0), {"probability": round(p, 4), "threshold": round(float(image_score.threshold), 4),
-                     "confident_detection": round(float(image_score.confident_detection), 4),
-                     "max_detection_score": round(best, 4), "flagged": flagged}
+    return {"probability": round(p, 4), "threshold": round(float(image_score.threshold), 4),
+            "confident_detection": round(float(image_score.confident_detection), 4),
+            "max_detection_score": round(best, 4), "flagged": flagged}
+
+
+def outline_threshold(threshold: float, score_report: dict[str, Any] | None, flagged_threshold: float | None) -> float:
+    """The score a region needs to be outlined: ``threshold``; on an image the rule flagged
+    (``score_report["flagged"]``), ``min(threshold, flagged_threshold)`` (``DETECTION_FLAGGED_MIN_CONFIDENCE``)."""
+    if score_report and score_report["flagged"] and flagged_threshold:
+        return min(float(threshold), float(flagged_threshold))
+    return float(threshold)
 
 
 def analyse_result(image: np.ndarray, result: dict[str, Any], meta: dict[str, Any] | None, threshold: float,
                    class_names: Sequence[str], name: str = "image", weights: str | os.PathLike | None = None,
                    show_boxes: bool = True, demo: str | None = None, image_score=None,
-                   precision: str | None = None) -> Analysis:
+                   precision: str | None = None, flagged_threshold: float | None = None) -> Analysis:
     """An :class:`Analysis` of one image from the detector's raw ``result`` for it.
 
     ``demo``: why the model is a demo model (:func:`braintumor.release.demo_reason`), recorded in the
     report as ``demo_model``; its "no tumor" is then no verdict. ``image_score``: the model's
     image-level head (:class:`braintumor.image_score.ImageScore`) or None; see the module docstring.
     ``precision``: what the detector computed in (``float32`` or ``mixed_bfloat16``), recorded as ``precision``.
+    ``flagged_threshold``: on an image the head flags, regions are outlined down to it
+    (:func:`outline_threshold`); the report's ``outline_threshold`` is the bar that applied.
     """
     meta = meta or {}
-    kept = filter_result(result, threshold)
+    score_report = image_flag(result, image_score)
+    bar = outline_threshold(threshold, score_report, flagged_threshold)
+    kept = filter_result(result, bar)
     spacing = meta.get("pixel_spacing_mm")
     stats = instance_stats(kept, pixel_spacing_mm=spacing, class_names=class_names)
-    verdict, score_report = image_level(result, image_score, len(stats))
+    if score_report is None:
+        verdict = "tumor" if stats else "no_tumor"
+    else:
+        verdict = image_verdict(score_report["flagged"], bool(stats))
     report = {
         "file": name,
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
         "threshold": round(float(threshold), 4),
+        "outline_threshold": round(bar, 4),
         "weights": str(weights) if weights is not None else None,
         "precision": precision,
         "pixel_spacing_mm": [float(s) for s in spacing] if spacing is not None else None,
@@ -179,7 +196,8 @@ def analyse_image(predictor, image: np.ndarray, meta: dict[str, Any] | None, thr
                           class_names if class_names is not None else predictor_class_names(predictor),
                           name=name, weights=getattr(predictor, "weights_path", None), demo=demo,
                           image_score=getattr(predictor, "image_score", None),
-                          precision=getattr(predictor, "precision", None))
+                          precision=getattr(predictor, "precision", None),
+                          flagged_threshold=getattr(predictor, "flagged_threshold", None))
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -196,7 +214,8 @@ def summary_line(report: dict[str, Any]) -> str:
     if verdict == "no_tumor":
         return f"{name}: {NO_TUMOR_TR} / {NO_TUMOR_EN} (threshold {report['threshold']:.2f}{tail})"
     if verdict == "suspected":
-        return f"{name}: {SUSPECTED_TR} / {SUSPECTED_EN} (nothing at threshold {report['threshold']:.2f}{tail})"
+        bar = report.get("outline_threshold", report["threshold"])
+        return f"{name}: {SUSPECTED_TR} / {SUSPECTED_EN} (nothing at threshold {bar:.2f}{tail})"
     if verdict == "uncertain":
         return f"{name}: {UNCERTAIN_TR} / {UNCERTAIN_EN}: {n} region{'s' if n != 1 else ''} ({scores}{tail})"
     return f"{name}: {n} tumor{'s' if n != 1 else ''} ({scores}{tail})"

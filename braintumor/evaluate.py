@@ -19,6 +19,7 @@ Results are plain dicts; keys starting with ``_`` (``_records``,
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -162,7 +163,7 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
     best = np.array([r.max_score for r in records])
     flagged = image_score.flags(feats, best)
     prob = image_score.probability(feats)
-    outlined = best >= threshold
+    outlined = np.array([r.outlined(threshold) for r in records], dtype=bool)
     called = np.array([verdict(f, o) for f, o in zip(flagged, outlined)])
     tumor = np.array([r.has_tumor for r in records])
     out: dict[str, Any] = {
@@ -223,10 +224,29 @@ def record_groups(records: Sequence[M.ImageRecord], dataset) -> list[str | None]
     return out
 
 
+def outline_flagged(records: Sequence[M.ImageRecord], image_score, flagged_min_confidence: float | None
+                    ) -> list[M.ImageRecord]:
+    """``records`` with ``outline_floor = flagged_min_confidence`` on every image ``image_score``'s rule
+    flags (``DETECTION_FLAGGED_MIN_CONFIDENCE``, as :mod:`braintumor.detect` outlines them); shallow
+    copies, the originals are untouched. Unchanged without a head, a floor (None or 0) or features."""
+    records = list(records)
+    if (image_score is None or not flagged_min_confidence or not records
+            or any(r.image_features is None for r in records)):
+        return records
+    flagged = image_score.flags(np.stack([r.image_features for r in records]), np.array([r.max_score for r in records]))
+    out = []
+    for r, f in zip(records, flagged):
+        r = copy.copy(r)
+        r.outline_floor = float(flagged_min_confidence) if f else None
+        out.append(r)
+    return out
+
+
 def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
                      free_records: Sequence[M.ImageRecord] = (), class_names: Sequence[str] = ("BG", "tumor"),
                      min_sensitivity: float = MIN_SENSITIVITY, image_score=None,
-                     groups: Sequence[str | None] | None = None) -> dict[str, Any]:
+                     groups: Sequence[str | None] | None = None,
+                     flagged_min_confidence: float | None = None) -> dict[str, Any]:
     """All metrics of an annotated split (``records``) plus optional extra tumor-free images.
 
     Dice, COCO mAP and instance metrics use ``records`` only; image-level
@@ -235,9 +255,15 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
     tumor-free too). ``image_score``: the model's image-level head; its rule and verdicts are
     reported as ``image_rule`` (:func:`image_rule_summary`). ``groups``: each record's annotation
     category (:func:`record_groups`); with two or more categories their figures are reported
-    as ``by_category`` (:func:`category_summary`).
+    as ``by_category`` (:func:`category_summary`). ``flagged_min_confidence``
+    (``DETECTION_FLAGGED_MIN_CONFIDENCE``): on the images the head's rule flags, detections count down
+    to it (:func:`outline_flagged`); the operating point and the threshold curves do not depend on it.
     """
     t = float(min_confidence)
+    flagged_floor = float(flagged_min_confidence) if flagged_min_confidence and image_score is not None else None
+    detector_alone = list(records) + list(free_records)  # without the floor: the operating point's figures
+    records = outline_flagged(records, image_score, flagged_floor)
+    free_records = outline_flagged(free_records, image_score, flagged_floor)
     pooled = list(records) + list(free_records)
     tumor = [r for r in pooled if r.has_tumor]
     free = [r for r in pooled if not r.has_tumor]
@@ -245,6 +271,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
     res: dict[str, Any] = {
         "kind": "split",
         "threshold": t,
+        "flagged_min_confidence": flagged_floor,
         "dataset": {"n_images": len(records), "n_tumor_images": sum(r.has_tumor for r in records),
                     "n_empty_images": sum(not r.has_tumor for r in records),
                     "n_instances": sum(r.n_gt for r in records), "n_extra_tumor_free_images": len(free_records)},
@@ -267,7 +294,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         if by and len(by) > 1:
             res["by_category"] = by
     if free_records:
-        flagged = [r for r in free_records if r.max_score >= t and r.max_score > 0]
+        flagged = [r for r in free_records if r.outlined(t)]
         res["tumor_free"] = {
             "n_images": len(free_records), "n_flagged": len(flagged),
             "fp_per_image": M.safe_ratio(sum(int(r.kept(t).sum()) for r in free_records), len(free_records)),
@@ -280,8 +307,8 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         res["curves"]["threshold"] = M.threshold_curves(tumor_max, free_max,
                                                         tumor_overlap_scores=[r.max_overlap_score for r in tumor])
         op = M.choose_operating_point(tumor_max, free_max, min_sensitivity)
-        if op["threshold"] is not None:
-            at = M.image_level(pooled, op["threshold"])
+        if op["threshold"] is not None:  # the detector alone, as the threshold was chosen
+            at = M.image_level(detector_alone, op["threshold"])
             op["sensitivity_overlap"] = at["sensitivity_overlap"]
         res["operating_point"] = op
     return res
@@ -289,7 +316,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
 
 def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_dataset=None, progress: bool = True,
                      min_sensitivity: float = MIN_SENSITIVITY, label: str = "split",
-                     at_operating_point: bool = False) -> dict[str, Any]:
+                     at_operating_point: bool = False, flagged_min_confidence: float | None = None) -> dict[str, Any]:
     """Run ``predictor`` on an annotated ``dataset`` (and ``tumor_free_dataset``) and compute every metric.
 
     predictor: has ``detect(list of uint8 [H, W, 3]) -> list of result dicts``
@@ -304,6 +331,7 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     :func:`braintumor.metrics.choose_operating_point`) instead of ``min_confidence``,
     from the same detections (one pass over the images, not two); ``threshold_from``
     says which. Needs tumor-free images (``tumor_free_dataset`` or the split's own).
+    ``flagged_min_confidence``: see :func:`evaluate_records` (used with the predictor's ``image_score``).
     """
     if len(dataset) == 0:
         raise BrainTumorError(f"{label}: no images to evaluate")
@@ -315,7 +343,8 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
     head = getattr(predictor, "image_score", None)
     groups = record_groups(records, dataset)
-    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head, groups)
+    res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head, groups,
+                           flagged_min_confidence)
     res["threshold_from"] = "given"
     if at_operating_point:
         op = res["operating_point"]
@@ -323,7 +352,7 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
             raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
                                   f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
         res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity, head,
-                               groups)
+                               groups, flagged_min_confidence)
         res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)
@@ -389,6 +418,8 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
         rows = [("images (tumor / empty)", f"{d['n_images']} ({d['n_tumor_images']} / {d['n_empty_images']})"),
                 ("tumor instances", _fmt(d["n_instances"])),
                 ("confidence threshold", _fmt(t, 2)),
+                *([("on images the head flags, down to", _fmt(results["flagged_min_confidence"], 2))]
+                  if results.get("flagged_min_confidence") else []),
                 ("Dice mean (all images)", _fmt(seg["dice_mean"])),
                 ("Dice mean (tumor images)", _fmt(seg["dice_mean_tumor_images"])),
                 ("IoU mean (all images)", _fmt(seg["iou_mean"])),
@@ -661,6 +692,9 @@ def cli_evaluate(args) -> int:
         raise BrainTumorError("--at-operating-point needs an annotated split (with --tumor-free), not --images")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise BrainTumorError(f"--min-confidence must be in (0, 1], got {threshold}")
+    flagged_min = getattr(args, "flagged_min_confidence", None)
+    if flagged_min is not None and not 0.0 <= flagged_min <= 1.0:
+        raise BrainTumorError(f"--flagged-min-confidence must be in [0, 1], got {flagged_min}")
     tumor_free_dir = getattr(args, "tumor_free", None)
     if args.images and tumor_free_dir:
         raise BrainTumorError("--tumor-free goes with a split; with --images every image is already treated as unannotated")
@@ -694,6 +728,8 @@ def cli_evaluate(args) -> int:
         from braintumor.image_score import load_image_score
 
         predictor.image_score = load_image_score(args.image_score)
+    if flagged_min is None:  # the model's own (a release's config, or the run's config.toml)
+        flagged_min = getattr(predictor, "flagged_threshold", None)
     if threshold is None:  # the run's own operating point (Predictor.threshold), else its config's
         threshold = getattr(predictor, "threshold", None)
     if threshold is None:
@@ -723,13 +759,15 @@ def cli_evaluate(args) -> int:
           + (", every image re-windowed like Br35H" if window else "")
           + (", with its mirror image (test-time flip)" if flip else "")
           + ("; then reported at its operating point" if at_op else "")
+          + (f"; images the head flags outlined down to {flagged_min:.2f}"
+             if flagged_min and getattr(predictor, "image_score", None) is not None else "")
           + (f"; computing in {predictor.precision} ({predictor.precision_reason})" if hasattr(predictor, "precision_reason") else ""),
           flush=True)
     if args.images:
         results = evaluate_folder(predictor, dataset, threshold, label=label)
     else:
         results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label,
-                                   at_operating_point=at_op)
+                                   at_operating_point=at_op, flagged_min_confidence=flagged_min)
     results["weights"] = str(predictor.weights_path)
     results["precision"] = getattr(predictor, "precision", None)
     if getattr(predictor, "image_score", None) is not None:

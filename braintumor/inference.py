@@ -93,13 +93,16 @@ class Predictor:
     "scores": float32 [N], "masks": bool [H, W, N], "image_features": float32 [F]}`` for every detection scoring at
     least ``config.DETECTION_MIN_CONFIDENCE`` (the model's floor).
     ``threshold`` is the run's own operating point (its preset's
-    ``DETECTION_MIN_CONFIDENCE``), which callers apply for reporting.
+    ``DETECTION_MIN_CONFIDENCE``), which callers apply for reporting; ``flagged_threshold``
+    (``DETECTION_FLAGGED_MIN_CONFIDENCE``, None when 0) the lower one for images the
+    ``image_score`` head flags (:mod:`braintumor.detect`).
     """
 
     def __init__(self, weights_path: Path, config: Config, threshold: float):
         self.weights_path = Path(weights_path)
         self.config = config
         self.threshold = float(threshold)
+        self.flagged_threshold = float(config.DETECTION_FLAGGED_MIN_CONFIDENCE) or None
         self.class_names = list(config.CLASS_NAMES)
         self.demo: str | None = None  # why this is a demo model (braintumor.release.demo_reason), or None
         self.image_score = None  # the release's image-level head (braintumor.image_score.ImageScore), or None
@@ -235,6 +238,8 @@ def load_predictor(weights: str | Path | None, config: str | Path | None = None,
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1}
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
+    if 0 < base.DETECTION_FLAGGED_MIN_CONFIDENCE < overrides.get("DETECTION_MIN_CONFIDENCE", base.DETECTION_MIN_CONFIDENCE):
+        overrides["DETECTION_MIN_CONFIDENCE"] = float(base.DETECTION_FLAGGED_MIN_CONFIDENCE)  # the floor reaches it
     predictor = Predictor(path, base.replace(**overrides), threshold=base.DETECTION_MIN_CONFIDENCE)
     predictor.precision, predictor.precision_reason = base.PRECISION, why
     predictor.demo = demo_reason(path, base)

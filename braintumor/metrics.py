@@ -6,7 +6,10 @@ instances and the model's detections, both kept as COCO run-length encodings
 
 Conventions (the same in every function, and in ``metrics.json``):
 
-- A detection **counts at threshold t** when ``score >= t``.
+- A detection **counts at threshold t** when ``score >= t``; on an image whose record has an
+  ``outline_floor`` (set where the image-level rule flagged it, ``DETECTION_FLAGGED_MIN_CONFIDENCE``)
+  when ``score >= min(t, outline_floor)``. Operating points and threshold curves read the max
+  scores alone, so they never depend on it.
 - **Dice / IoU per image** compare the predicted tumor area (union of the
   masks of the detections counting at t) with the ground-truth tumor area
   (union of the GT masks). Both empty -> Dice = IoU = 1 (a correct "no
@@ -122,6 +125,7 @@ class ImageRecord:
     boxes: np.ndarray
     index: int = -1
     image_features: np.ndarray | None = None  # [F] float32 of detect() (braintumor.image_score), if it gave them
+    outline_floor: float | None = None  # flagged by the image-level rule: detections count down to this score
     matched: np.ndarray = field(init=False)
     max_overlap_score: float = field(init=False)
 
@@ -186,9 +190,17 @@ class ImageRecord:
     def max_score(self) -> float:
         return float(self.scores.max()) if len(self.scores) else 0.0
 
+    def threshold_at(self, threshold: float) -> float:
+        """The score a detection of this image needs at ``threshold``: ``min(threshold, outline_floor)``."""
+        return float(threshold) if self.outline_floor is None else min(float(threshold), float(self.outline_floor))
+
     def kept(self, threshold: float) -> np.ndarray:
-        """bool ``[D]``: detections counting at ``threshold`` (score >= threshold)."""
-        return self.scores >= threshold
+        """bool ``[D]``: detections counting at ``threshold`` (score >= :meth:`threshold_at`)."""
+        return self.scores >= self.threshold_at(threshold)
+
+    def outlined(self, threshold: float) -> bool:
+        """Whether any detection counts at ``threshold``."""
+        return bool(np.any(self.kept(threshold)))
 
     def pred_union_rle(self, threshold: float) -> dict | None:
         keep = np.flatnonzero(self.kept(threshold))
@@ -373,9 +385,9 @@ def image_level(records: Sequence[ImageRecord], threshold: float) -> dict[str, A
     """Sensitivity (any detection / detection overlapping GT) on tumor images, specificity on tumor-free ones."""
     tumor = [r for r in records if r.has_tumor]
     free = [r for r in records if not r.has_tumor]
-    any_hit = sum(1 for r in tumor if r.max_score >= threshold and r.max_score > 0)
-    overlap_hit = sum(1 for r in tumor if r.max_overlap_score >= threshold and r.max_overlap_score > 0)
-    flagged = [r for r in free if r.max_score >= threshold and r.max_score > 0]
+    any_hit = sum(1 for r in tumor if r.outlined(threshold))
+    overlap_hit = sum(1 for r in tumor if r.max_overlap_score >= r.threshold_at(threshold) and r.max_overlap_score > 0)
+    flagged = [r for r in free if r.outlined(threshold)]
     fp_free = sum(int(np.count_nonzero(r.kept(threshold))) for r in free)
     return {
         "n_tumor_images": len(tumor),

@@ -581,7 +581,8 @@ class TumorApp:
                                       name=f.name, weights=getattr(predictor, "weights_path", ckpt),
                                       demo=self.demo_reason(ckpt),
                                       image_score=getattr(predictor, "image_score", None),
-                                      precision=getattr(predictor, "precision", None))
+                                      precision=getattr(predictor, "precision", None),
+                                      flagged_threshold=getattr(predictor, "flagged_threshold", None))
             return _Record(name=f.name, analysis=analysis)
         except BrainTumorError as e:
             return _Record(name=f.name, error=_one_line(e))
@@ -600,7 +601,7 @@ class TumorApp:
             return box
         a = r.analysis
         rep = a.report
-        t_used = self.t("threshold_used", t=rep["threshold"])
+        t_used = self.t("threshold_used", t=rep.get("outline_threshold", rep["threshold"]))  # the bar that applied
         score = rep.get("image_score")
         if score:
             t_used += ", " + self.t("image_score", p=score["probability"], t=score["threshold"])

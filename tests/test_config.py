@@ -58,6 +58,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
     ("IMAGE_MAX_DIM", 500, "multiple of 64"),
     ("BACKBONE", "vgg16", "BACKBONE"),
     ("DETECTION_MIN_CONFIDENCE", 1.5, "DETECTION_MIN_CONFIDENCE"),
+    ("DETECTION_FLAGGED_MIN_CONFIDENCE", -0.1, "DETECTION_FLAGGED_MIN_CONFIDENCE"),
     ("NUM_CLASSES", 3, "CLASS_NAMES"),
     ("STEPS_PER_EPOCH", 0, "STEPS_PER_EPOCH"),
     ("LAYERS", "6+", "LAYERS"),

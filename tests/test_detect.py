@@ -202,3 +202,31 @@ def test_the_verdict_combines_outlines_with_the_image_level_head(score, feature,
     assert plain["verdict"] == ("tumor" if score else "no_tumor") and plain["image_score"] is None
     no_feats = {k: v for k, v in result.items() if k != "image_features"}
     assert analyse_result(image, no_feats, None, 0.5, ["BG", "tumor"], image_score=_head()).report["image_score"] is None
+
+
+@pytest.mark.parametrize("feature, score, verdict, outlined, bar", [
+    (3.0, 0.30, "tumor", 1, 0.25),       # flagged by the head: its region at 0.30 is outlined down to 0.25
+    (3.0, 0.20, "suspected", 0, 0.25),   # flagged, but nothing reaches even 0.25
+    (-3.0, 0.30, "no_tumor", 0, 0.5),    # not flagged: the threshold 0.5 applies as before
+    (-3.0, 0.60, "uncertain", 1, 0.5),
+])
+def test_a_flagged_scan_is_outlined_down_to_the_flagged_threshold(feature, score, verdict, outlined, bar):
+    from braintumor.detect import analyse_result
+
+    image = np.full((32, 32, 3), 30, np.uint8)
+    masks = np.zeros((32, 32, 1), bool)
+    masks[4:12, 4:12] = True
+    result = {"rois": np.array([[4, 4, 12, 12]], np.int32), "class_ids": np.ones(1, np.int32),
+              "scores": np.array([score], np.float32), "masks": masks,
+              "image_features": np.array([feature, 0.0], np.float32)}
+    rep = analyse_result(image, result, None, 0.5, ["BG", "tumor"], name="x.png", image_score=_head(),
+                         flagged_threshold=0.25).report
+    assert (rep["verdict"], rep["num_tumors"], rep["outline_threshold"], rep["threshold"]) == (verdict, outlined, bar, 0.5)
+    if verdict == "suspected":
+        assert "nothing at threshold 0.25" in summary_line(rep)
+    # a flagged threshold above the threshold, or none, changes nothing; without a head it never applies
+    for other in (None, 0.0, 0.7):
+        same = analyse_result(image, result, None, 0.5, ["BG", "tumor"], image_score=_head(), flagged_threshold=other).report
+        assert same["outline_threshold"] == 0.5 and same["num_tumors"] == int(score >= 0.5)
+    plain = analyse_result(image, result, None, 0.5, ["BG", "tumor"], flagged_threshold=0.25).report
+    assert plain["num_tumors"] == int(score >= 0.5) and plain["outline_threshold"] == 0.5

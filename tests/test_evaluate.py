@@ -482,3 +482,48 @@ def test_the_image_level_rule_and_its_verdicts_are_reported():
     assert {k: (c["rule_sensitivity"], c["green_on_tumor_images"]) for k, c in by.items()} == {
         "glioma": (1.0, 0), "meningioma": (1.0, 0), "pituitary": (1.0, 0)}
     assert by["pituitary"]["sensitivity_any"] == 0.0  # the head flags what the detector missed
+
+
+def test_images_the_head_flags_are_outlined_down_to_the_flagged_floor():
+    """The scenario with a head saying "yes" on shifted, missed and f1, and a flagged floor of 0.15.
+    By hand: missed (exact at 0.3) and f1 (0.2) are now outlined, perfect / shifted / f0 / f2 / f3
+    are as before; mAP and the operating point (max scores alone) do not move."""
+    from braintumor.image_score import ImageScore
+
+    split, free, predictor = scenario()
+    head_yes = {2, 3, 102}
+
+    class WithFeatures(FakePredictor):
+        image_score = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0,
+                                 threshold=0.5, confident_detection=0.85)
+
+        def detect(self, images):
+            key = int(images[0][0, 0, 0])
+            return [{**r, "image_features": np.array([5.0 if key in head_yes else -5.0], np.float32)}
+                    for r in super().detect(images)]
+
+    res = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free, progress=False,
+                             flagged_min_confidence=0.15)
+    assert res["flagged_min_confidence"] == 0.15
+    assert res["segmentation"]["dice_mean"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert (res["instances"]["tp"], res["instances"]["fp"], res["instances"]["fn"]) == (2, 1, 1)
+    rows = {r["name"]: r for r in res["per_image"]}
+    assert rows["missed.jpg"]["n_det"] == 1 and rows["missed.jpg"]["dice"] == pytest.approx(1.0)
+    img = res["image_level"]
+    assert img["sensitivity_any"] == 1.0 and img["sensitivity_overlap"] == 1.0 and img["specificity"] == 0.5
+    assert res["tumor_free"]["flagged"] == ["f0.jpg", "f1.jpg"]
+    assert res["coco"]["segm"]["map50"] == pytest.approx(EXPECTED_AP)
+    op = res["operating_point"]
+    assert op["threshold"] == pytest.approx(0.3) and op["specificity"] == 0.75 and op["sensitivity"] == 1.0
+    rule = res["image_rule"]
+    assert rule["sensitivity"] == 1.0 and rule["specificity"] == 0.75, "the rule itself does not change"
+    v = rule["verdicts"]
+    assert [v[k]["tumor_images"] for k in ("tumor", "suspected", "uncertain", "no_tumor")] == [3, 0, 0, 0]
+    assert [v[k]["tumor_free_images"] for k in ("tumor", "suspected", "uncertain", "no_tumor")] == [1, 0, 1, 2]
+    assert "down to" in E.format_summary(res)
+    assert all(r.outline_floor is None for r in res["_records"]), "the records kept for the report are untouched"
+    # a floor above the threshold, no floor, or no head: the figures of the plain scenario
+    for kw, pred in (({"flagged_min_confidence": 0.7}, WithFeatures(predictor.predictions)),
+                     ({"flagged_min_confidence": None}, WithFeatures(predictor.predictions)),
+                     ({"flagged_min_confidence": 0.15}, FakePredictor(predictor.predictions))):
+        check_numbers(E.evaluate_dataset(pred, split, 0.5, tumor_free_dataset=free, progress=False, **kw))

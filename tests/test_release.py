@@ -636,3 +636,47 @@ def test_the_card_counts_the_tumor_free_share_of_a_multi_source_run():
     cfg = tiny_config(SOURCES=[{"NAME": "a", "KIND": "split", "WEIGHT": 3.0},
                                {"NAME": "b", "KIND": "tumor_free", "WEIGHT": 1.0}])
     assert tumor_free_share(cfg) == pytest.approx(0.25)
+
+
+def test_a_release_is_released_again_with_new_thresholds_and_the_same_weights(exported, tmp_path):
+    """export --weights RELEASE: the weights unchanged, the card's training carried over and the
+    source named; DETECTION_FLAGGED_MIN_CONFIDENCE set, loaded as the predictor's flagged threshold
+    with the model's floor down to it."""
+    from braintumor import inference
+    from braintumor.release.storage import read_tensors
+
+    head, _ = _release_with_head(exported, tmp_path)
+    before = R.open_release(head)
+    old_t = read_tensors(before)
+    with pytest.raises(BrainTumorError, match="pass --replace"):
+        R.export(head, out=head.parent, metrics=[str(exported["metrics"])], equivalence_images=0, log=lambda *a: None)
+    card = R.export(head, out=head.parent, metrics=[str(exported["metrics"])], threshold=0.6, flagged_threshold=0.3,
+                    replace=True, data=str(exported["data"]), equivalence_images=3, log=lambda *a: None)
+    [new] = R.find_releases(head.parent)
+    assert new != head and not head.exists(), "the source release is replaced"
+    after = R.open_release(new)
+    new_t = read_tensors(after)
+    assert old_t.keys() == new_t.keys() and all(np.array_equal(old_t[k], new_t[k]) for k in old_t)
+    assert card["equivalence"]["checked"] and card["equivalence"]["equivalent"]
+    was = before.card["training"]
+    assert {k: v for k, v in card["training"].items() if k != "released_before_as"} == was
+    assert card["training"]["released_before_as"] == {"file": head.name, "sha256": before.sha256, "threshold": THRESHOLD}
+    assert card["architecture"]["training_precision"] == "mixed_bfloat16", "the run's, not the release's float32"
+    assert after.meta["image_score.json"] == before.meta["image_score.json"]
+    assert after.meta["run_config.toml"] == before.meta["run_config.toml"] != ""
+    cfg = after.config()
+    assert cfg.DETECTION_MIN_CONFIDENCE == pytest.approx(0.6) and cfg.DETECTION_FLAGGED_MIN_CONFIDENCE == pytest.approx(0.3)
+    assert card["operating_point"]["flagged_min_confidence"] == pytest.approx(0.3)
+    assert "released again" in R.render_card_markdown(after.card) and "DETECTION_FLAGGED_MIN_CONFIDENCE" in \
+        R.render_card_markdown(after.card)
+    pred = inference.load_predictor(new, precision="float32")
+    assert pred.threshold == pytest.approx(0.6) and pred.flagged_threshold == pytest.approx(0.3)
+    assert pred.config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.3), "the model's floor reaches the flagged threshold"
+    assert inference.load_predictor(new, min_confidence=0.05).config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.05)
+
+
+def test_a_flagged_threshold_without_an_image_level_head_is_refused(exported, tmp_path):
+    with pytest.raises(BrainTumorError, match="needs an image-level head"):
+        R.export(exported["ckpt"], out=tmp_path / "models", flagged_threshold=0.3, equivalence_images=0,
+                 log=lambda *a: None)
+    assert not (tmp_path / "models").exists() or not R.find_releases(tmp_path / "models")

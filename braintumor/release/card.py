@@ -189,7 +189,8 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "class_names": list(config.CLASS_NAMES)},
         "operating_point": {"threshold": round(float(threshold), 4),
                             "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this",
-                            "secondary_min_confidence": float(getattr(config, "DETECTION_SECONDARY_MIN_CONFIDENCE", 0.0))},
+                            "secondary_min_confidence": float(getattr(config, "DETECTION_SECONDARY_MIN_CONFIDENCE", 0.0)),
+                            "flagged_min_confidence": float(getattr(config, "DETECTION_FLAGGED_MIN_CONFIDENCE", 0.0))},
         "storage": {"encoding": encoding,
                     "restored_as": "float32",
                     "note": ("float16: 2 bytes per weight, relative rounding error <= 2**-11"
@@ -252,6 +253,10 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                  f"{_fmt(t.get('steps'))} steps ({_fmt(t.get('epoch'))} epochs × {_fmt(t.get('steps_per_epoch'))})")
               + (f", {hours:.1f} h of training" if hours is not None else "")
               + f", init `{t.get('init')}`" + _init_release_note(t) + (f"; `{t['command']}`" if t.get("command") else "") + ".", ""]
+    before = t.get("released_before_as") if isinstance(t.get("released_before_as"), dict) else None
+    if before:
+        lines += [f"The weights of release `{before.get('file')}` (threshold {_fmt(before.get('threshold'))}), "
+                  f"released again with the thresholds and figures below (`braintumor export --weights` a release).", ""]
     data = t.get("data") if isinstance(t.get("data"), dict) else None
     if data:
         train = ", ".join(f"{x.get('name')} {x.get('images')} images" + (f" ({x['per_pass']} per pass)" if x.get("per_pass") else "")
@@ -268,6 +273,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   f"| threshold (operating point) | {_fmt(card.get('operating_point', {}).get('threshold'))} |",
                   *([f"| regions after an image's best one need | ≥ {_fmt(sec, 2)} (`DETECTION_SECONDARY_MIN_CONFIDENCE`) |"]
                     if (sec := card.get('operating_point', {}).get('secondary_min_confidence')) else []),
+                  *([f"| on scans the image-level head flags, regions count from | {_fmt(fl, 2)} "
+                     f"(`DETECTION_FLAGGED_MIN_CONFIDENCE`) |"]
+                    if (fl := card.get('operating_point', {}).get('flagged_min_confidence')) else []),
                   f"| Dice (mean over val images) | {_fmt(v.get('dice_mean'))} |",
                   f"| mask mAP@0.5 / @[.5:.95] | {_fmt(v.get('mask_map50'))} / {_fmt(v.get('mask_map'))} |",
                   f"| box mAP@0.5 / @[.5:.95] | {_fmt(v.get('box_map50'))} / {_fmt(v.get('box_map'))} |",

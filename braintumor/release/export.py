@@ -55,10 +55,12 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            config: str | None = None, data: str | None = None, command: str | None = None,
            name: str | None = None, readme: str | None = None, force: bool = False,
            equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
-           log=print) -> dict[str, Any]:
+           flagged_threshold: float | None = None, log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
-    weights: a checkpoint path (or ``last``) with its run's config.toml beside it;
+    weights: a checkpoint path (or ``last``) with its run's config.toml beside it, or a release: the
+    same weights released again with new thresholds and figures (its card's ``training`` section, run
+    config and image-level head carry over; the card records the release it came from);
     out: models folder (default :func:`models_dir`); metrics: metrics.json files of
     ``braintumor evaluate`` (val figures for the card); threshold: the operating point
     (default the run's DETECTION_MIN_CONFIDENCE); data: dataset folder whose first
@@ -66,7 +68,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     release (recorded in the card; skipped when the folder is missing). An existing
     release is replaced only with ``replace``; a release that is not equivalent to
     its checkpoint is removed again unless ``force``. image_score: a JSON file of a fitted
-    :class:`braintumor.image_score.ImageScore`, embedded in the release.
+    :class:`braintumor.image_score.ImageScore`, embedded in the release. flagged_threshold:
+    ``DETECTION_FLAGGED_MIN_CONFIDENCE`` of the release (default the run's; 0 turns it off).
     """
     import time
 
@@ -84,14 +87,27 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         load_image_score(image_score)  # refuses a bad file in one line
         image_score_text = Path(image_score).read_text(encoding="utf-8")
     ckpt = resolve_weights(weights)
-    if is_release(ckpt):
-        raise BrainTumorError(f"{ckpt}: already a released model; export reads a training checkpoint")
+    source = open_release(ckpt) if is_release(ckpt) else None  # verified: a release released again
     cfg = config_for_checkpoint(ckpt, config)
     # A released model answers the same on every machine: float32 inference, whatever the run
     # trained with (PRECISION = "mixed_bfloat16" only where the CPU has bfloat16).
     training_precision = cfg.PRECISION
+    if source is not None:
+        training_precision = (source.card.get("architecture") or {}).get("training_precision") or training_precision
+        if image_score_text is None:
+            image_score_text = source.meta.get("image_score.json") or None
+        run_cfg_text = source.meta.get("run_config.toml", "")
+    else:
+        run_cfg_path = Path(config) if config else ckpt.parent / "config.toml"
+        run_cfg_text = run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else ""
     cfg = cfg.replace(PRECISION="float32")
-    run_cfg_path = Path(config) if config else ckpt.parent / "config.toml"
+    if flagged_threshold is not None:
+        if not 0.0 <= flagged_threshold <= 1.0:
+            raise BrainTumorError(f"--flagged-threshold must be in [0, 1], got {flagged_threshold}")
+        cfg = cfg.replace(DETECTION_FLAGGED_MIN_CONFIDENCE=float(flagged_threshold))
+    if cfg.DETECTION_FLAGGED_MIN_CONFIDENCE and image_score_text is None:
+        raise BrainTumorError("DETECTION_FLAGGED_MIN_CONFIDENCE needs an image-level head (--image-score): "
+                              "it applies to the images the head flags")
     summaries = read_metrics(metrics)
     if threshold is None and summaries and summaries[0].get("threshold_from") == "operating point":
         threshold = summaries[0]["threshold"]  # evaluate --at-operating-point chose it on val
@@ -130,7 +146,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     log(f"building the {cfg.BACKBONE} inference model and loading {ckpt} ...")
     model = MaskRCNN("inference", cfg.replace(IMAGES_PER_GPU=1, GPU_COUNT=1, DETECTION_MIN_CONFIDENCE=EQUIVALENCE_FLOOR),
                      model_dir=ckpt.parent.parent)
-    report = model.load_weights(str(ckpt), by_name=True)
+    report = (load_release_weights(model.keras_model, source) if source is not None
+              else model.load_weights(str(ckpt), by_name=True))
     if not report.complete:
         raise BrainTumorError(f"{ckpt}: does not fill the model of its config ({report})")
     samples = []
@@ -142,7 +159,12 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         log(f"warning: {data_dir}/val not found: no equivalence images recorded (pass --data DIR)")
     reference = records_for(model, samples, t)
 
-    run = run_summary(ckpt, cfg)
+    if source is not None:
+        run = {**(source.card.get("training") or {}),
+               "released_before_as": {"file": ckpt.name, "sha256": source.sha256,
+                                      "threshold": float(source.config().DETECTION_MIN_CONFIDENCE)}}
+    else:
+        run = run_summary(ckpt, cfg)
     equivalence = {"threshold": t, "floor": EQUIVALENCE_FLOOR, "data": str(data_dir) if samples else None,
                    "reference": reference, "checked": False}
     card = build_card(name=rel_name, config=cfg, run=run, metrics=summaries, threshold=t, encoding=encoding,
@@ -151,7 +173,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
                       image_score=json.loads(image_score_text) if image_score_text is not None else None)
     embedded_cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=t)
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
-            "run_config.toml": run_cfg_path.read_text(encoding="utf-8") if run_cfg_path.is_file() else "",
+            "run_config.toml": run_cfg_text,
             "class_names.json": json.dumps(list(cfg.CLASS_NAMES))}
     if image_score_text is not None:
         meta["image_score.json"] = image_score_text
@@ -202,7 +224,8 @@ def cli_export(args) -> int:
     card = export(args.weights, out=args.out, metrics=args.metrics or (), threshold=args.threshold,
                   encoding=args.encoding, replace=args.replace, config=args.config, data=args.data,
                   command=args.train_command, name=args.name, readme=args.readme, force=args.force,
-                  equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None))
+                  equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None),
+                  flagged_threshold=getattr(args, "flagged_threshold", None))
     for f in card["files"]:
         if "bytes" in f:
             print(f"{f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256']}")
