@@ -475,8 +475,9 @@ def test_export_command_prints_files_and_refuses_bad_input_in_one_line(exported,
         assert main(args[:7] + bad) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("error: ") and words in line, line
-    assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2")]) == 2
-    assert "already a released model" in capsys.readouterr().err
+    assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2"), "--flagged-threshold", "1.5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "--flagged-threshold must be in [0, 1]" in line, line
 
 
 def test_release_embeds_an_image_score_and_refuses_a_bad_one_in_one_line(exported, tmp_path):
