@@ -178,6 +178,42 @@ def _unit(name, v, lo=0.0, hi=1.0):
         raise ConfigError(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
 
 
+BASE_KEY = "BASE"  # a preset's parent preset (Config.from_toml); never a setting itself
+MAX_BASE_DEPTH = 8
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def _read_preset(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A preset's settings with its ``BASE`` chain resolved (``chain``: the presets that led here)."""
+    here = path.resolve()
+    if here in chain:
+        raise ConfigError(f"{path}: BASE presets form a cycle ({' -> '.join(p.name for p in (*chain, here))})")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} BASE presets in a chain")
+    data = _read_toml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: BASE must be a preset file name, got {base!r}")
+    merged = _read_preset(path.parent / base, (*chain, here))
+    for k, v in data.items():
+        merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
 class Config:
     """All settings of a run, as attributes (``config.LEARNING_RATE``).
 
@@ -324,18 +360,13 @@ class Config:
     # ------------------------------------------------------------------
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "Config":
-        """Load a preset file; ``overrides`` (e.g. ``EPOCHS=1``) win over the file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        """Load a preset file; ``overrides`` (e.g. ``EPOCHS=1``) win over the file.
+
+        A preset may start from another: ``BASE = "other.toml"`` (a path relative to the preset's
+        folder) reads that one first, then this file's keys override it (tables such as
+        ``AUGMENTATION`` key by key, arrays of tables such as ``SOURCES`` as a whole).
+        """
+        data = _read_preset(Path(path), ())
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(data, source=str(path))
 

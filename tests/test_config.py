@@ -114,3 +114,43 @@ def test_sources_and_class_map_round_trip_through_the_run_config(tmp_path):
         back = Config.from_toml(tmp_path / "config.toml")  # the keys after the sources must not fall into the last one
         assert back.SOURCES == c.SOURCES and back.CLASS_MAP == c.CLASS_MAP and back.to_dict() == c.to_dict()
         assert back.SCHEDULE[1]["learning_rate"] == 0.01 and back.LEARNING_RATE == c.LEARNING_RATE
+
+
+def test_a_preset_starts_from_its_base_and_overrides_it(tmp_path):
+    (tmp_path / "base.toml").write_text(
+        'NAME = "base"\nEPOCHS = 20\nLEARNING_RATE = 0.001\n'
+        '[[SOURCES]]\nNAME = "a"\nKIND = "split"\nWEIGHT = 0.5\n[[SOURCES]]\nNAME = "b"\nKIND = "tumor_free"\nWEIGHT = 0.5\n'
+        '[AUGMENTATION]\nHORIZONTAL_FLIP = 0.5\nROTATE = 15\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.toml").write_text(
+        'BASE = "../base.toml"\nNAME = "child"\nEPOCHS = 5\n[[SOURCES]]\nNAME = "a"\nKIND = "split"\nWEIGHT = 1.0\n'
+        '[AUGMENTATION]\nROTATE = 5\n')
+    (tmp_path / "sub" / "grandchild.toml").write_text('BASE = "child.toml"\nSEED = 7\n')
+    c = Config.from_toml(tmp_path / "sub" / "grandchild.toml", EPOCHS=3)
+    assert (c.NAME, c.EPOCHS, c.LEARNING_RATE, c.SEED) == ("child", 3, 0.001, 7)
+    assert [s["NAME"] for s in c.SOURCES] == ["a"], "a list of tables replaces the base's as a whole"
+    assert c.AUGMENTATION["ROTATE"] == 5 and c.AUGMENTATION["HORIZONTAL_FLIP"] == 0.5, "a table is merged key by key"
+    assert "BASE" not in c.to_toml(), "a run's saved config is the resolved one"
+
+
+@pytest.mark.parametrize("files, needle", [
+    ({"a.toml": 'BASE = "b.toml"\n', "b.toml": 'BASE = "a.toml"\n'}, "cycle (a.toml -> b.toml -> a.toml)"),
+    ({"a.toml": 'BASE = "missing.toml"\n'}, "missing.toml: config file not found"),
+    ({"a.toml": "BASE = 3\n"}, "BASE must be a preset file name"),
+])
+def test_a_bad_base_is_one_line_naming_the_file(tmp_path, files, needle):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as e:
+        Config.from_toml(tmp_path / "a.toml")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_stage_presets_differ_from_the_release_preset_only_where_they_say():
+    from braintumor.paths import PRESETS_DIR
+
+    base = Config.from_toml(PRESETS_DIR / "resnet101_figshare_stage6.toml").to_dict()
+    stage9 = Config.from_toml(PRESETS_DIR / "resnet101_figshare_stage9.toml").to_dict()
+    assert {k for k in base if base[k] != stage9[k]} == {"NAME", "SEED", "EPOCHS", "LEARNING_RATE"}
+    stage8 = Config.from_toml(PRESETS_DIR / "resnet101_figshare_stage8.toml")
+    assert [s["WEIGHT"] for s in stage8.SOURCES] == [0.45, 0.15, 0.05, 0.35]
