@@ -88,6 +88,11 @@ def test_the_average_loads_for_inference_and_detects(two_runs, tmp_path):
     r = predictor.detect([np.zeros((SIZE, SIZE, 3), np.uint8)])[0]
     assert predictor.load_report.complete
     assert r["masks"].shape[:2] == (SIZE, SIZE)
+    from braintumor import release as R
+
+    card = R.export(ckpt, out=tmp_path / "models", threshold=0.5, equivalence_images=0, log=lambda *x: None)
+    members = card["training"]["average"]["members"]
+    assert [m["sha256"] for m in members] == [R.sha256_file(p) for p in two_runs], "the card names the members"
 
 
 def test_a_release_can_be_a_member(two_runs, tmp_path):

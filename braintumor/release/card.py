@@ -55,7 +55,8 @@ def tumor_free_share(config) -> float:
 
 
 def run_summary(ckpt: Path, config) -> dict[str, Any]:
-    """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data."""
+    """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data
+    (and, for a weight average, its members: ``average``)."""
     from braintumor.paths import read_history
 
     run = ckpt.parent
@@ -84,7 +85,7 @@ def run_summary(ckpt: Path, config) -> dict[str, Any]:
     for extra in ("SOURCES",):
         if hasattr(config, extra):
             out[extra.lower()] = getattr(config, extra)
-    for name in ("data.json", "run.json"):
+    for name in ("data.json", "run.json", "average.json"):  # average.json: braintumor average's members
         p = run / name
         if p.is_file():
             try:
