@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", help="dataset folder: its first val images check the release against the checkpoint")
     ex.add_argument("--equivalence-images", type=int, default=5, metavar="N", help="val images for that check (default 5)")
     ex.add_argument("--train-command", help="the command that trained the run (for the card)")
-    ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101)")
+    ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101; a release keeps its own)")
     ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
     ex.add_argument("--image-score", metavar="FILE.json", help="image-level head of braintumor fit-image-score, embedded in the release")
     ex.add_argument("--flagged-threshold", type=float, metavar="X",

@@ -655,6 +655,7 @@ def test_a_release_is_released_again_with_new_thresholds_and_the_same_weights(ex
                     replace=True, data=str(exported["data"]), equivalence_images=3, log=lambda *a: None)
     [new] = R.find_releases(head.parent)
     assert new != head and not head.exists(), "the source release is replaced"
+    assert new.name.startswith(before.name + "-"), "named as the release it came from"
     after = R.open_release(new)
     new_t = read_tensors(after)
     assert old_t.keys() == new_t.keys() and all(np.array_equal(old_t[k], new_t[k]) for k in old_t)

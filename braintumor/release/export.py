@@ -139,7 +139,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
             log(f"warning: the new release is not better on val than {old.name} "
                 f"(val Dice {_fmt(new_dice)} vs {_fmt(old_dice)}, specificity {_fmt(new_spec)} vs {_fmt(old_spec)}); "
                 f"replacing it as asked")
-    rel_name = name or f"{cfg.NAME}-{cfg.BACKBONE}".lower()
+    rel_name = name or (source.name if source is not None else f"{cfg.NAME}-{cfg.BACKBONE}".lower())
     if not re.fullmatch(r"[a-z0-9_.]+(-[a-z0-9_.]+)*", rel_name):
         raise BrainTumorError(f"--name must be lower-case letters, digits, '.', '_' and '-', got {rel_name!r}")
 
