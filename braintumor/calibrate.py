@@ -8,8 +8,8 @@ once, and from those detections:
 1. chooses the operating point by :func:`braintumor.metrics.choose_operating_point` (val
    sensitivity ≥ ``sensitivity``; its robust threshold, as ``evaluate --at-operating-point``);
 2. chooses the head's threshold by :func:`braintumor.image_score.choose_threshold` on the val
-   scans (as ``fit-image-score --operating-point`` does: sensitivity, and no val scan called "no
-   tumor"; the head's weights stay the release's);
+   scans (as ``fit-image-score --operating-point`` does: the sensitivity its fit asked for, and no
+   val scan called "no tumor"; the head's weights stay the release's);
 3. reports every figure at those thresholds beside the card's float32 ones and judges them
    (:func:`braintumor.release.calibration.judge`);
 4. writes the result into the model card as ``calibrations.mixed_bfloat16``, accepted or not.
@@ -42,14 +42,17 @@ def _cpu_model() -> str:
 
 
 def calibrate_records(records, free_records, head, class_names, sensitivity: float, groups=None,
-                      floor: float = 0.05, flagged_min_confidence: float | None = None) -> tuple[dict[str, Any], Any]:
+                      floor: float = 0.05, flagged_min_confidence: float | None = None,
+                      head_sensitivity: float | None = None) -> tuple[dict[str, Any], Any]:
     """The two thresholds from detections already made: ``(results at them, head with its new threshold)``.
 
     records / free_records: :class:`braintumor.metrics.ImageRecord` of the val split and of the
     held-out tumor-free slices, with ``image_features``; head: the release's
     :class:`~braintumor.image_score.ImageScore`. The results are :func:`braintumor.evaluate.evaluate_records`'s
     at the chosen operating point, with the recalibrated head's rule (and flagged images outlined down to
-    ``flagged_min_confidence``, the release's ``DETECTION_FLAGGED_MIN_CONFIDENCE``).
+    ``flagged_min_confidence``, the release's ``DETECTION_FLAGGED_MIN_CONFIDENCE``). The operating point
+    keeps ``sensitivity``; the head's threshold ``head_sensitivity`` (default ``sensitivity``), the
+    target its float32 threshold was chosen for.
     """
     from braintumor.evaluate import evaluate_records
     from braintumor.image_score import choose_threshold
@@ -63,11 +66,23 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
         raise BrainTumorError("the val scans have no image features: the image-level head cannot be calibrated")
     feats = np.stack([np.asarray(r.image_features, np.float64) for r in scans])
     best = np.asarray([r.max_score for r in scans], np.float64)
-    new_head = choose_threshold(head, feats, best, sensitivity, op["robust_threshold"])
+    new_head = choose_threshold(head, feats, best, head_sensitivity or sensitivity, op["robust_threshold"])
     res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups,
                            flagged_min_confidence)
     res["threshold_from"] = "operating point"
     return res, new_head
+
+
+def _head_target(release, sensitivity: float) -> float:
+    """The val sensitivity the release's head threshold was chosen for (its fit record's
+    ``target_sensitivity``, e.g. ``fit-image-score --sensitivity 0.96``), else ``sensitivity``."""
+    import json
+
+    try:
+        target = json.loads(release.meta.get("image_score.json") or "{}").get("fit", {}).get("target_sensitivity")
+    except ValueError:
+        target = None
+    return float(target) if isinstance(target, (int, float)) and 0.5 <= target < 1.0 else float(sensitivity)
 
 
 def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_free: Path,
@@ -108,9 +123,10 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
     t0 = time.perf_counter()
     records, times = collect_records(predictor, dataset, progress, split)
     free_records, more = collect_records(predictor, free, progress, "tumor-free")
+    head_target = _head_target(release, sensitivity)
     res, new_head = calibrate_records(records, free_records, head, list(dataset.class_names), sensitivity,
                                       record_groups(records, dataset), EVAL_SCORE_FLOOR,
-                                      fp32.DETECTION_FLAGGED_MIN_CONFIDENCE)
+                                      fp32.DETECTION_FLAGGED_MIN_CONFIDENCE, head_target)
     res["dataset"]["label"] = split
     res["weights"] = path.name
     res["precision"] = precision
@@ -123,6 +139,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
         "accepted": not why,
         "why_not": why,
         "target_sensitivity": sensitivity,
+        "head_target_sensitivity": head_target,
         "val": summary,
         "float32_val": reference,
         "float32_thresholds": {"operating_point": float(fp32.DETECTION_MIN_CONFIDENCE),

@@ -174,6 +174,10 @@ def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
     p = new_head.probability(np.stack([r.image_features for r in scans]))
     assert (p >= new_head.threshold).sum() == int(np.ceil(0.95 * 40)), "the highest threshold keeping 0.95"
     assert res["segmentation"]["dice_mean"] > 0.9, "the figures are computed at the chosen operating point"
+    # a head fitted for sensitivity 0.975 keeps that target; the operating point keeps 0.95
+    res2, head2 = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95, head_sensitivity=0.975)
+    assert res2["threshold"] == op and head2.threshold < new_head.threshold
+    assert (head2.probability(np.stack([r.image_features for r in scans])) >= head2.threshold).sum() == 39
 
 
 def test_calibrate_records_needs_features_and_an_operating_point():
