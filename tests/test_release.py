@@ -571,6 +571,7 @@ def test_an_accepted_bfloat16_calibration_is_used_where_the_cpu_has_bfloat16(exp
     plain = inference.load_predictor(head)
     assert plain.precision == "float32" and plain.threshold == pytest.approx(THRESHOLD), "no calibration: float32"
     write_calibration(head, "mixed_bfloat16", {"operating_point": 0.85, "image_score_threshold": 0.7, "accepted": True})
+    assert "or in bfloat16 where its calibration below applies" in R.render_card_markdown(R.open_release(head).card)
     pred = inference.load_predictor(head, min_confidence=0.05)
     assert pred.precision == "mixed_bfloat16" and "accepted calibration" in pred.precision_reason
     assert pred.threshold == pytest.approx(0.85) and pred.config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.05)

@@ -233,6 +233,7 @@ def _init_release_note(training: dict) -> str:
 def render_card_markdown(card: dict[str, Any]) -> str:
     """The card as a README section (Markdown, no markers)."""
     a, t, v = card.get("architecture", {}), card.get("training", {}), card.get("val") or {}
+    bf16_ok = bool(((card.get("calibrations") or {}).get("mixed_bfloat16") or {}).get("accepted"))
     files = card.get("files", [])
     total = sum(f.get("bytes", 0) for f in files if str(f.get("path", "")).endswith(".h5"))
     lines = [f"**Released model: `{card.get('name')}`** ({a.get('model')}, {a.get('backbone')}, "
@@ -241,7 +242,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
              + ", ".join(f"`{Path(f['path']).name}` ({f['bytes'] / 1e6:.1f} MB)" for f in files
                          if str(f.get("path", "")).endswith(".h5"))
              + (f", {total / 1e6:.1f} MB in all." if total else ".")
-             + (f" Trained in {a['training_precision']}, it computes in {a.get('inference_precision')} on every machine."
+             + (f" Trained in {a['training_precision']}, it computes in {a.get('inference_precision')}"
+                + (", or in bfloat16 where its calibration below applies." if bf16_ok else " on every machine.")
                 if a.get("training_precision") not in (None, a.get("inference_precision")) else ""), ""]
     if files:
         head = next((f for f in files if f.get("role") == "head"), files[0])
