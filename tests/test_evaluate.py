@@ -442,24 +442,31 @@ def test_figures_by_category_worked_out_by_hand(tmp_path):
     assert "by_category" not in res and all("category" not in r for r in res["per_image"])
 
 
+class WithFeatures(FakePredictor):
+    """The scenario's predictor with an image-level head that says "yes" on shifted, missed and f1
+    (keys 2, 3, 102) and flags a detection >= 0.85 by itself."""
+
+    head_yes = {2, 3, 102}
+
+    @property
+    def image_score(self):
+        from braintumor.image_score import ImageScore
+
+        return ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0,
+                          threshold=0.5, confident_detection=0.85)
+
+    def detect(self, images):
+        key = int(images[0][0, 0, 0])
+        return [{**r, "image_features": np.array([5.0 if key in self.head_yes else -5.0], np.float32)}
+                for r in super().detect(images)]
+
+
 def test_the_image_level_rule_and_its_verdicts_are_reported():
     """The scenario with an image-level head. Head "yes" on shifted, missed and f1; the perfect
     scan is flagged by its confident detection (0.9 >= 0.85) alone. Worked out by hand:
     perfect tumor, shifted tumor, missed suspected (0.3 is below the outline threshold);
     f0 uncertain (0.6 outlined, head no), f1 suspected, f2 and f3 no tumor."""
-    from braintumor.image_score import ImageScore
-
     split, free, predictor = scenario()
-    head_yes = {2, 3, 102}
-
-    class WithFeatures(FakePredictor):
-        image_score = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0,
-                                 threshold=0.5, confident_detection=0.85)
-
-        def detect(self, images):
-            key = int(images[0][0, 0, 0])
-            return [{**r, "image_features": np.array([5.0 if key in head_yes else -5.0], np.float32)}
-                    for r in super().detect(images)]
 
     res = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free, progress=False)
     check_numbers(res)  # the detection figures do not change
@@ -488,19 +495,7 @@ def test_images_the_head_flags_are_outlined_down_to_the_flagged_floor():
     """The scenario with a head saying "yes" on shifted, missed and f1, and a flagged floor of 0.15.
     By hand: missed (exact at 0.3) and f1 (0.2) are now outlined, perfect / shifted / f0 / f2 / f3
     are as before; mAP and the operating point (max scores alone) do not move."""
-    from braintumor.image_score import ImageScore
-
     split, free, predictor = scenario()
-    head_yes = {2, 3, 102}
-
-    class WithFeatures(FakePredictor):
-        image_score = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0,
-                                 threshold=0.5, confident_detection=0.85)
-
-        def detect(self, images):
-            key = int(images[0][0, 0, 0])
-            return [{**r, "image_features": np.array([5.0 if key in head_yes else -5.0], np.float32)}
-                    for r in super().detect(images)]
 
     res = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free, progress=False,
                              flagged_min_confidence=0.15)
