@@ -319,6 +319,8 @@ def test_cli_evaluate_bad_input_is_one_line(fake_stack, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --at-operating-point chooses the threshold itself; leave out --min-confidence",
                    "error: --at-operating-point needs an annotated split (with --tumor-free), not --images"]
+    assert main(["evaluate", "--weights", "x.h5", "--flagged-min-confidence", "-0.2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --flagged-min-confidence must be in [0, 1], got -0.2"]
 
 
 def test_degrade_resolution_blurs_fine_detail_keeps_size_and_leaves_small_images():
