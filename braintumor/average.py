@@ -48,19 +48,6 @@ def coefficients(n: int, coefs: Sequence[float] | None) -> list[float]:
     return [x / s for x in c]
 
 
-def _load_member(keras_model, path: Path):
-    """Assign ``path``'s weights to ``keras_model``; refuses a file that does not fill every layer."""
-    from braintumor.mrcnn.weights import load_weights_h5
-    from braintumor.release import is_release, load_release_weights
-
-    if is_release(path):
-        return load_release_weights(keras_model, path)
-    report = load_weights_h5(keras_model, path, by_name=True)
-    if not report.complete:
-        raise BrainTumorError(f"{path}: does not fit the averaged model's architecture: {report}")
-    return report
-
-
 def _base_member(members: Sequence[Path]) -> Path:
     from braintumor.release import is_release
 
@@ -95,8 +82,8 @@ def average_weights(members: Sequence[str | Path], out: str | Path, coefs: Seque
     from braintumor.mrcnn import MaskRCNN
     from braintumor.mrcnn.weights import save_weights_h5
     from braintumor.release import is_release, open_release, sha256_file
-    from braintumor.release.demo import _epoch_from_name
-    from braintumor.release.storage import _model_entries
+    from braintumor.release.demo import epoch_from_name
+    from braintumor.release.storage import load_model_weights, model_entries
 
     paths = [Path(m) for m in members]
     c = coefficients(len(paths), coefs)
@@ -110,10 +97,10 @@ def average_weights(members: Sequence[str | Path], out: str | Path, coefs: Seque
     cfg = config_for_checkpoint(base)
     out.mkdir(parents=True, exist_ok=True)
     model = MaskRCNN("training", cfg, model_dir=str(out.parent))
-    entries = _model_entries(model.keras_model)
+    entries = model_entries(model.keras_model)
     total: list[np.ndarray | None] = [None] * len(entries)
     for p, ci in zip(paths, c):
-        _load_member(model.keras_model, p)
+        load_model_weights(model, p, complete=True)
         for i, (key, v) in enumerate(entries):
             w = np.asarray(v.numpy())
             if not np.issubdtype(w.dtype, np.floating):
@@ -126,14 +113,14 @@ def average_weights(members: Sequence[str | Path], out: str | Path, coefs: Seque
         log(f"  {ci:.4f} x {p}")
     for (key, v), t in zip(entries, total):
         v.assign(t.astype(np.asarray(v.numpy()).dtype))
-    epoch = None if is_release(base) else _epoch_from_name(base)
+    epoch = None if is_release(base) else epoch_from_name(base)
     if is_release(base):
         (out / "config.toml").write_text(open_release(base).meta["config.toml"], encoding="utf-8")
     else:
         shutil.copyfile(base.parent / "config.toml", out / "config.toml")
         _copy_run_files(base, out, epoch)
     ckpt = out / f"mask_rcnn_{model.run_name}_{(epoch or 0):04d}.h5"
-    record = {"members": [{"path": str(p), "sha256": sha256_file(p), "epoch": None if is_release(p) else _epoch_from_name(p),
+    record = {"members": [{"path": str(p), "sha256": sha256_file(p), "epoch": None if is_release(p) else epoch_from_name(p),
                            "coefficient": round(ci, 6)} for p, ci in zip(paths, c)],
               "base": str(base), "checkpoint": ckpt.name}
     save_weights_h5(model.keras_model, ckpt, epoch=epoch)

@@ -122,13 +122,11 @@ class Predictor:
             if self._model is None:
                 from braintumor.mrcnn import MaskRCNN
 
-                from braintumor.release import is_release, load_release_weights
+                from braintumor.release import load_model_weights
 
                 model = MaskRCNN(mode="inference", config=self.config, model_dir=str(self.weights_path.parent.parent))
-                if is_release(self.weights_path):  # verified again: the file may have changed since
-                    self.load_report = load_release_weights(model.keras_model, self.weights_path)
-                else:
-                    self.load_report = model.load_weights(str(self.weights_path), by_name=True)
+                # a release is verified again: the file may have changed since its config was read
+                self.load_report = load_model_weights(model, self.weights_path)
                 self._model = model
         return self._model
 

@@ -412,13 +412,12 @@ def initialise(model, config: Config, init: str, logs: Path) -> str:
     path = Path(init)
     if not path.is_file():
         raise BrainTumorError(f"{path}: weights file not found (--init takes random, imagenet, coco, last or a path)")
-    from braintumor.release import is_release, load_release_weights
+    from braintumor.release import is_release, load_model_weights
 
+    report = load_model_weights(model, path)
     if is_release(path):  # a released model (float16 storage, shards): a new run starts from its weights
-        report = load_release_weights(model.keras_model, path)
         model.set_log_dir()
         return f"weights of the released model {path}: {report}"
-    report = model.load_weights(str(path), by_name=True)
     if not str(path.resolve()).startswith(str(Path(logs).resolve())):
         model.set_log_dir()
     return f"weights from {path}: {report}"

@@ -197,7 +197,7 @@ def test_training_can_start_from_a_release_as_a_new_run(exported, tmp_path):
     assert said.startswith(f"weights of the released model {exported['head']}")
     assert model.epoch == 0 and model.log_dir.parent == tmp_path / "logs" and model.log_dir.name.startswith("stage2")
     stored = R.read_tensors(R.open_release(exported["head"]))
-    entries = R.storage._model_entries(model.keras_model)
+    entries = R.storage.model_entries(model.keras_model)
     assert len(entries) == len(stored)
     for key, v in entries:
         np.testing.assert_array_equal(v.numpy(), stored[key].astype(np.float32), err_msg=key)

@@ -54,8 +54,8 @@ from braintumor.release.files import (DEFAULT_ENCODING, DEFAULT_MODELS_DIR, ENCO
                                       MAX_TOTAL_BYTES, MODELS_ENV, SHARD_TARGET_BYTES, card_path, default_release,
                                       find_releases, is_release, models_dir, named_like_release, release_files,
                                       sha256_file)
-from braintumor.release.storage import (Release, decode_tensor, encode_tensor, load_release, load_release_weights,
-                                        open_release, read_tensors, release_label, write_release)
+from braintumor.release.storage import (Release, decode_tensor, encode_tensor, load_model_weights, load_release,
+                                        load_release_weights, open_release, read_tensors, release_label, write_release)
 
 __all__ = [
     "BOX_TOLERANCE_PX", "CARD_END", "CARD_START", "DEFAULT_ENCODING", "DEFAULT_MODELS_DIR", "DEMO_WARNING",
@@ -63,7 +63,7 @@ __all__ = [
     "LICENCES", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "MODELS_ENV", "SHARD_TARGET_BYTES", "Release", "build_card",
     "card_path", "cli_export", "cli_model_card", "compare_records", "decode_tensor", "default_release", "demo_reason",
     "detection_record", "encode_tensor", "export", "find_releases", "headline_val", "is_release", "load_release",
-    "load_release_weights", "metrics_summary", "models_dir", "named_like_release", "open_release", "read_metrics",
+    "load_model_weights", "load_release_weights", "metrics_summary", "models_dir", "named_like_release", "open_release", "read_metrics",
     "read_tensors", "records_for", "release_files", "release_label", "render_card_markdown", "run_summary",
     "sha256_file", "storage", "training_steps", "update_readme", "val_samples", "write_release",
 ]

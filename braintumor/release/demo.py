@@ -10,7 +10,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.release.files import _CKPT_EPOCH_RE, card_path, is_release
 
 # =============================================================================== runs and demo models
-def _epoch_from_name(path: Path) -> int | None:
+def epoch_from_name(path: Path) -> int | None:
     m = _CKPT_EPOCH_RE.search(path.name)
     return int(m.group(1)) if m else None
 
@@ -40,7 +40,7 @@ def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0
             config = config_for_checkpoint(path)
         except BrainTumorError:
             return None
-    epoch = _epoch_from_name(path)
+    epoch = epoch_from_name(path)
     if epoch is None:
         from braintumor.paths import read_history
 

@@ -52,7 +52,7 @@ def decode_tensor(stored: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     return np.asarray(stored, dtype=np.float32)
 
 
-def _model_entries(keras_model) -> list[tuple[str, Any]]:
+def model_entries(keras_model) -> list[tuple[str, Any]]:
     """``(key, variable)`` for every weight, keys ``<layer>/<owner>/<weight>:<k>`` unique, in model order."""
     from braintumor.mrcnn.weights import _entries
 
@@ -113,7 +113,7 @@ def write_release(keras_model, out_dir: str | os.PathLike, name: str, encoding: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items, stats = [], {}
-    for key, v in _model_entries(keras_model):
+    for key, v in model_entries(keras_model):
         w = np.asarray(v.numpy(), dtype=np.float32)
         q, scale, enc = encode_tensor(w, encoding)
         err = float(np.abs(decode_tensor(q, scale) - w).max()) if w.size else 0.0
@@ -292,7 +292,7 @@ def load_release_weights(keras_model, path: str | os.PathLike | Release):
 
     rel = path if isinstance(path, Release) else open_release(path)
     tensors = read_tensors(rel)
-    entries = _model_entries(keras_model)
+    entries = model_entries(keras_model)
     missing = [k for k, _ in entries if k not in tensors]
     bad = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in entries
            if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
@@ -305,6 +305,24 @@ def load_release_weights(keras_model, path: str | os.PathLike | Release):
     for key, v in entries:
         v.assign(tensors[key])
     return LoadReport(path=str(rel.head), loaded=sorted({k.split("/")[0] for k, _ in entries}))
+
+
+def load_model_weights(model, path: str | os.PathLike, *, complete: bool = False):
+    """Weights of a release or of a training checkpoint into ``model`` (a :class:`~braintumor.mrcnn.MaskRCNN`).
+
+    A release is verified and must fill every weight (:func:`load_release_weights`); a checkpoint
+    loads by layer name (:meth:`~braintumor.mrcnn.MaskRCNN.load_weights`, which also points
+    ``model.log_dir``/``epoch`` at its run). ``complete``: refuse a checkpoint that leaves a layer
+    unfilled. Returns the :class:`~braintumor.mrcnn.weights.LoadReport`.
+    """
+    from braintumor.release.files import is_release
+
+    if is_release(path):
+        return load_release_weights(model.keras_model, path)
+    report = model.load_weights(str(path), by_name=True)
+    if complete and not report.complete:
+        raise BrainTumorError(f"{path}: does not fit the model's architecture: {report}")
+    return report
 
 
 def load_release(path: str | os.PathLike, **overrides):
