@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--data", help="dataset folder: train (fit) and val (threshold)")
     fi.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its 'train' slices are fitted)")
     fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too")
-    fi.add_argument("--figshare-sample", type=int, default=200, metavar="N", help="Figshare train slices used (default 200)")
+    fi.add_argument("--figshare-sample", type=int, default=200, metavar="N", help="Figshare train slices used (default 200; 1537 or more: all of them)")
     fi.add_argument("--figshare-seed", type=int, default=0, help="seed of that sample (default 0)")
     fi.add_argument("--out", required=True, help="output JSON file")
     fi.add_argument("--cache", help="folder to cache features in (one .npz per set and model)")
