@@ -54,17 +54,9 @@ def figshare_types(folder: Path) -> dict[str, str]:
     return {Path(im["file_name"]).name: first.get(im["id"], "none") for im in coco["images"]}
 
 
-def sample_rows(n_all: int, size: int | None, seed: int) -> np.ndarray:
-    """Rows of the Figshare train set that ``fit-image-score --figshare-sample size --figshare-seed seed`` reads."""
-    ids = list(range(n_all))
-    if size is None or size >= n_all:
-        return np.arange(n_all)
-    return np.asarray(sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist()))
-
-
 def main(argv=None) -> int:
     from braintumor.figshare import load_figshare
-    from braintumor.fit_image_score import collect, fit_head, image_sets
+    from braintumor.fit_image_score import collect, fit_head, image_sets, sample_ids
     from braintumor.inference import load_predictor
     from braintumor.tumor_free import load_tumor_free
 
@@ -97,7 +89,8 @@ def main(argv=None) -> int:
     for size_s in args.sizes.split(","):
         size = None if size_s == "all" else int(size_s)
         for seed in ([0] if size is None else [int(s) for s in args.seeds.split(",")]):
-            pick = sample_rows(len(fs_all["names"]), size, seed)
+            # the rows fit-image-score --figshare-sample size --figshare-seed seed reads (dataset ids = rows)
+            pick = np.asarray(sample_ids(list(range(len(fs_all["names"]))), size, seed))
             train = {k: feats[k] for k in fit_sets}
             train["figshare_train"] = {"label": 1, "names": [fs_all["names"][i] for i in pick],
                                        "features": fs_all["features"][pick], "best": fs_all["best"][pick]}

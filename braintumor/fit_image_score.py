@@ -47,6 +47,14 @@ def darken_like_tumor_scans(image: np.ndarray) -> np.ndarray:
     return rewindow_like_br35h(image, TUMOR_P99)
 
 
+def sample_ids(ids: list, sample: int | None, seed: int = FIGSHARE_SEED) -> list:
+    """The ``sample`` of ``ids`` that ``--figshare-sample``/``--figshare-seed`` fit on, in their order (all when
+    ``sample`` is None or not below ``len(ids)``)."""
+    if sample is None or sample >= len(ids):
+        return list(ids)
+    return sorted(np.random.default_rng(seed).choice(ids, sample, replace=False).tolist())
+
+
 def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sample: int = FIGSHARE_SAMPLE,
                figshare_seed: int = FIGSHARE_SEED) -> dict[str, tuple[int, Callable]]:
     """name -> (label, function returning ``(names, images)``) of every set the fit reads.
@@ -59,9 +67,7 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sam
     def read(load, transform=None, sample=None):
         def run():
             ds = load()
-            ids = list(ds.image_ids)
-            if sample is not None and sample < len(ids):
-                ids = sorted(np.random.default_rng(figshare_seed).choice(ids, sample, replace=False).tolist())
+            ids = sample_ids(list(ds.image_ids), sample, figshare_seed)
             names = [str(ds.image_info[i].get("name") or Path(ds.image_info[i].get("path", i)).name) for i in ids]
             images = (ds.load_image(i) for i in ids)
             return names, (transform(im) for im in images) if transform else images

@@ -115,3 +115,11 @@ def test_each_figshare_sample_is_its_own_set_so_the_cache_never_mixes_them(tmp_p
     assert keys(figshare_sample=400) == ["figshare_train_n400"]
     assert keys(figshare_seed=2, figshare_sample=50) == ["figshare_train_seed2_n50"]
     assert not [k for k in F.image_sets(tmp_path, None, tmp_path) if k.startswith("figshare")]
+
+
+def test_a_figshare_sample_is_a_deterministic_sorted_subset_and_all_when_it_asks_for_as_many():
+    ids = list(range(50))
+    a = F.sample_ids(ids, 20, seed=3)
+    assert a == F.sample_ids(ids, 20, seed=3) and a == sorted(a) and len(set(a)) == 20 and set(a) <= set(ids)
+    assert a != F.sample_ids(ids, 20, seed=4)
+    assert F.sample_ids(ids, 50) == ids and F.sample_ids(ids, 999) == ids and F.sample_ids(ids, None) == ids

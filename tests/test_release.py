@@ -683,3 +683,25 @@ def test_a_flagged_threshold_without_an_image_level_head_is_refused(exported, tm
         R.export(exported["ckpt"], out=tmp_path / "models", flagged_threshold=0.3, equivalence_images=0,
                  log=lambda *a: None)
     assert not (tmp_path / "models").exists() or not R.find_releases(tmp_path / "models")
+
+
+def test_one_loader_takes_a_release_or_a_checkpoint_and_can_insist_on_every_layer(exported, tmp_path):
+    """``load_model_weights``: a release and a whole checkpoint fill the model; a checkpoint that lacks a
+    layer loads the rest by name, or with ``complete=True`` is refused in one line naming the file."""
+    import h5py
+
+    from braintumor.mrcnn import MaskRCNN
+
+    cfg = R.open_release(exported["head"]).config()
+    model = MaskRCNN("inference", cfg, model_dir=tmp_path / "logs")
+    assert R.load_model_weights(model, exported["head"], complete=True).complete
+    assert R.load_model_weights(model, exported["ckpt"], complete=True).complete
+    partial = tmp_path / "mask_rcnn_tiny_0002.h5"
+    shutil.copyfile(exported["ckpt"], partial)
+    with h5py.File(partial, "r+") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        del root[next(k for k in root if len(root[k].keys()))]
+    assert not R.load_model_weights(model, partial).complete
+    with pytest.raises(BrainTumorError) as e:
+        R.load_model_weights(model, partial, complete=True)
+    assert str(partial) in str(e.value) and "\n" not in str(e.value)

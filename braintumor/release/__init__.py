@@ -63,7 +63,7 @@ __all__ = [
     "LICENCES", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "MODELS_ENV", "SHARD_TARGET_BYTES", "Release", "build_card",
     "card_path", "cli_export", "cli_model_card", "compare_records", "decode_tensor", "default_release", "demo_reason",
     "detection_record", "encode_tensor", "export", "find_releases", "headline_val", "is_release", "load_release",
-    "load_model_weights", "load_release_weights", "metrics_summary", "models_dir", "named_like_release", "open_release", "read_metrics",
-    "read_tensors", "records_for", "release_files", "release_label", "render_card_markdown", "run_summary",
+    "load_model_weights", "load_release_weights", "metrics_summary", "models_dir", "named_like_release", "open_release",
+    "read_metrics", "read_tensors", "records_for", "release_files", "release_label", "render_card_markdown", "run_summary",
     "sha256_file", "storage", "training_steps", "update_readme", "val_samples", "write_release",
 ]
