@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from braintumor.config import LAYER_GROUPS
 from braintumor.errors import BrainTumorError
 
 # sub-command -> "module:function"; modules are imported only when used (TensorFlow is slow to import)
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, help="total epochs (overrides EPOCHS)")
     tr.add_argument("--steps", type=int, help="steps per epoch (overrides STEPS_PER_EPOCH)")
     tr.add_argument("--val-steps", type=int, help="validation steps (overrides VALIDATION_STEPS)")
-    tr.add_argument("--layers", choices=["heads", "3+", "4+", "5+", "all"], help="layer group to train (overrides the preset)")
+    tr.add_argument("--layers", choices=list(LAYER_GROUPS), help="layer group to train (overrides the preset)")
     tr.add_argument("--tumor-free", action="append", default=None, metavar="DIR", help="folder of tumor-free images mixed in as empty targets (repeatable)")
     tr.add_argument("--tumor-free-fraction", type=float, help="share of tumor-free samples per epoch")
     tr.add_argument("--source", action="append", default=None, metavar="NAME=DIR",

@@ -66,6 +66,33 @@ def test_set_trainable_groups_and_train_bn(tmp_path):
 
 
 @pytest.mark.slow
+def test_mask_group_trains_the_mask_branch_alone(tmp_path):
+    """``LAYERS = "mask"``: a step moves the mask branch (GroupNorm included) and nothing that makes a
+    detection, its score or the image features (class/box heads, RPN, FPN, backbone)."""
+    cfg = tiny_config(NORM="gn")
+    m = MaskRCNN("training", cfg, tmp_path)
+    km = m.keras_model
+    m.set_trainable("mask")
+    assert km.trainable_weights and all("mrcnn_mask" in w.path for w in km.trainable_weights)
+    m.compile(0.05)
+    ds = blob_dataset(2)
+    x = _batch(ds, cfg, [0])
+    moved = ["mrcnn_mask", "mrcnn_mask_conv1", "mrcnn_mask_bn1", "mrcnn_mask_deconv"]
+    kept = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_class_conv1", "mrcnn_class_bn1", "fpn_p2", "fpn_p5",
+            "res5c_branch2c", "conv1", "bn_conv1"]
+    before = {n: _weights(km, n) for n in moved + kept}
+    rpn_before = [np.array(w) for w in km.get_layer("rpn_model").weights]
+    for _ in range(2):
+        logs = km.train_on_batch(x, return_dict=True)
+    assert logs["mrcnn_mask_loss"] > 0 and all(np.isfinite(v) for v in logs.values())
+    for n in moved:
+        assert any(not np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
+    for n in kept:
+        assert all(np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(rpn_before, km.get_layer("rpn_model").weights))
+
+
+@pytest.mark.slow
 def test_detect_returns_original_sizes_and_save_load_round_trip(tmp_path):
     cfg = tiny_config(DETECTION_MIN_CONFIDENCE=0.0)
     a = MaskRCNN("inference", cfg, tmp_path)

@@ -55,6 +55,7 @@ LAYER_REGEX = {
     "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
     "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
     "all": r".*",
+    "mask": r"mrcnn\_mask.*",  # the mask branch alone: boxes, scores and image features stay as they are
 }
 
 _RUN_DIR_RE = re.compile(r"^(?P<name>.+?)(?P<stamp>\d{8}T\d{4})$")
@@ -367,7 +368,7 @@ class MaskRCNN:
 
     # ------------------------------------------------------------ training
     def set_trainable(self, layers: str, verbose: int = 0) -> None:
-        """Train only the layer group ``layers`` (``heads``, ``3+``, ``4+``, ``5+``, ``all``) or a regex.
+        """Train only the layer group ``layers`` (``heads``, ``3+``, ``4+``, ``5+``, ``all``, ``mask``) or a regex.
 
         BatchNormalization layers train only when ``TRAIN_BN`` is true (frozen BN
         runs on its moving statistics)."""
