@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "from the same detections: one pass instead of two")
     ev.add_argument("--flip", action="store_true",
                     help="test-time horizontal flip: detect on each image and its mirror image, merged (TEST_TIME_FLIP)")
+    ev.add_argument("--mask-threshold", type=float, metavar="P",
+                    help="override DETECTION_MASK_THRESHOLD: a region's outline is where its mask probability >= P")
     ev.add_argument("--source-size", type=int, metavar="PX",
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--image-score", metavar="FILE.json",
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--flagged-threshold", type=float, metavar="X",
                     help="DETECTION_FLAGGED_MIN_CONFIDENCE: on scans the image-level head flags, outline regions "
                          "down to X (default: the run's; 0: off)")
+    ex.add_argument("--mask-threshold", type=float, metavar="P",
+                    help="DETECTION_MASK_THRESHOLD: outline the pixels whose mask probability is >= P (default: the run's)")
     ex.add_argument("--force", action="store_true", help="keep the release even if it is not equivalent to the checkpoint")
 
     mc = sub.add_parser("model-card", help="print the released model's card as Markdown, or write it into the README")

@@ -116,6 +116,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "DETECTION_FLAGGED_MIN_CONFIDENCE": (0.0, "on a scan the image-level head flags, regions count down to this score "
                                               "when it is below DETECTION_MIN_CONFIDENCE, so a flagged scan's best region "
                                               "is outlined (0: no lower bar; needs a head, braintumor/image_score.py)"),
+    "DETECTION_MASK_THRESHOLD": (0.5, "a region's outline: the pixels where its mask probability is at least this "
+                                      "(the mask head's 28 x 28 output resized to the box)"),
     "TEST_TIME_FLIP": (False, "also detect on the left-right mirror image and merge the two views (scores and masks "
                               "averaged; braintumor/mrcnn/flip.py): twice the detect time"),
     "MIN_STEPS_FOR_READING": (1000, "a checkpoint trained fewer steps is a demo model: no 'no tumor' verdicts"),
@@ -296,6 +298,7 @@ class Config:
         _unit("DETECTION_MIN_CONFIDENCE", self.DETECTION_MIN_CONFIDENCE)
         _unit("DETECTION_FLAGGED_MIN_CONFIDENCE", self.DETECTION_FLAGGED_MIN_CONFIDENCE)
         _unit("DETECTION_NMS_THRESHOLD", self.DETECTION_NMS_THRESHOLD)
+        _unit("DETECTION_MASK_THRESHOLD", self.DETECTION_MASK_THRESHOLD, 0.05, 0.95)
         _unit("RPN_NMS_THRESHOLD", self.RPN_NMS_THRESHOLD)
         _unit("TUMOR_FREE_FRACTION", self.TUMOR_FREE_FRACTION, 0.0, 0.9)
         _unit("GRADIENT_CLIP_NORM", self.GRADIENT_CLIP_NORM, 0.0, 1e6)

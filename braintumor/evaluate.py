@@ -724,6 +724,10 @@ def cli_evaluate(args) -> int:
     flip = bool(getattr(args, "flip", False))
     if flip:  # before the model is built: Predictor.load reads its config then
         predictor.config = predictor.config.replace(TEST_TIME_FLIP=True)
+    mask_threshold = getattr(args, "mask_threshold", None)
+    if mask_threshold is not None:  # likewise; the config refuses a value outside [0.05, 0.95] in one line
+        predictor.config = predictor.config.replace(DETECTION_MASK_THRESHOLD=float(mask_threshold))
+    mask_threshold = float(getattr(getattr(predictor, "config", None), "DETECTION_MASK_THRESHOLD", 0.5))
     if getattr(args, "image_score", None):
         from braintumor.image_score import load_image_score
 
@@ -758,6 +762,7 @@ def cli_evaluate(args) -> int:
           + (f", every image shrunk to {source_size} px and back" if source_size else "")
           + (", every image re-windowed like Br35H" if window else "")
           + (", with its mirror image (test-time flip)" if flip else "")
+          + (f", outlines at mask probability {mask_threshold:g}" if mask_threshold != 0.5 else "")
           + ("; then reported at its operating point" if at_op else "")
           + (f"; images the head flags outlined down to {flagged_min:.2f}"
              if flagged_min and getattr(predictor, "image_score", None) is not None else "")
@@ -777,6 +782,7 @@ def cli_evaluate(args) -> int:
     if window:
         results["dataset"]["source_probe"] = "window"
     results["test_time_flip"] = flip
+    results["mask_threshold"] = mask_threshold
     written = write_report(results, None, out_dir)
     print(format_summary(results))
     print(f"metrics: {written['metrics.json']}")

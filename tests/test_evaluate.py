@@ -297,6 +297,24 @@ def test_cli_evaluate_uses_the_predictors_own_threshold(fake_stack):
     assert json.loads((run / "eval_val" / "metrics.json").read_text())["threshold"] == 0.25
 
 
+def test_cli_evaluate_mask_threshold_reaches_the_model_config_and_the_report(fake_stack, capsys):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    predictor = sys.modules["braintumor.inference"].load_predictor("x")
+    predictor.config = Config({"DETECTION_MIN_CONFIDENCE": 0.5})
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data")]) == 0
+    assert json.loads((run / "eval_val" / "metrics.json").read_text())["mask_threshold"] == 0.5
+    assert "mask probability" not in capsys.readouterr().out
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--mask-threshold", "0.4"]) == 0
+    assert predictor.config.DETECTION_MASK_THRESHOLD == 0.4, "set before the model is built from it"
+    assert json.loads((run / "eval_val" / "metrics.json").read_text())["mask_threshold"] == 0.4
+    assert "outlines at mask probability 0.4" in capsys.readouterr().out
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--mask-threshold", "1.5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "DETECTION_MASK_THRESHOLD must be a number in [0.05, 0.95], got 1.5" in line
+
+
 def test_cli_evaluate_image_folder(fake_stack):
     from braintumor.cli import main
 

@@ -34,6 +34,10 @@ def test_a_region_both_views_see_gets_the_mean_score_box_and_mask():
     np.testing.assert_array_equal(out["rois"], [[0, 0, 4, 5]])
     assert out["masks"].dtype == bool and out["masks"][0:4, 0:4, 0].all()
     assert not out["masks"][0:4, 4:6, 0].any()  # only view b there: 0.3 / 2 < 0.5
+    low = merge_views(a, b, mask_threshold=0.15)  # DETECTION_MASK_THRESHOLD: 0.3 / 2 reaches 0.15
+    assert low["masks"][0:4, 0:6, 0].all() and low["scores"].tolist() == pytest.approx([0.7])
+    high = merge_views(a, b, mask_threshold=0.65)["masks"][:, :, 0]  # columns 0..1 at 0.7 stay, 2..3 at 0.6 go
+    assert high[0:4, 0:2].all() and high.sum() == 8
 
 
 def test_a_region_one_view_misses_keeps_half_its_score_and_its_own_mask():

@@ -83,6 +83,36 @@ def test_unmold_detections_back_to_original_nonsquare_image():
     assert empty["rois"].shape == (0, 4) and empty["masks"].shape == (48, 96, 0)
 
 
+def test_mask_threshold_sets_the_outline():
+    """The pasted outline is the pixels whose resized probability reaches the threshold: a mask that
+    falls from 1 at the left edge of its box to 0 at the right covers the matching share of it."""
+    ramp = np.tile(np.linspace(1.0, 0.0, 28, dtype=np.float32), (28, 1))  # [28, 28], 1 at left, 0 at right
+    box, shape = (10, 20, 50, 100), (64, 128)
+    widths = {}
+    for t in (0.25, 0.5, 0.75):
+        m = I.unmold_mask(ramp, box, shape, threshold=t)
+        assert m.dtype == bool and not m[:10].any() and not m[:, :20].any() and not m[:, 100:].any()
+        cols = np.flatnonzero(m[30])
+        assert cols[0] == 20 and np.all(np.diff(cols) == 1)  # one run from the box's left edge
+        assert (m[10:50, 20:100].sum(axis=0) % 40 == 0).all()  # whole columns of the box
+        widths[t] = len(cols)
+    assert widths[0.25] == pytest.approx(0.75 * 80, abs=3) and widths[0.75] == pytest.approx(0.25 * 80, abs=3)
+    assert widths[0.5] == pytest.approx(40, abs=3)
+    soft = I.unmold_mask(ramp, box, shape, soft=True, threshold=0.9)  # soft ignores the threshold
+    np.testing.assert_array_equal(soft >= 0.25, I.unmold_mask(ramp, box, shape, threshold=0.25))
+    # unmold_detections passes it on
+    cfg = tiny_config()
+    img, masks = blob_image(48, 96, [(10, 20, 30, 60)])
+    out, info = I.resize_image(img, cfg)
+    det = np.zeros((1, 6), np.float32)
+    det[0, :4] = norm_boxes(masks_to_boxes(I.resize_masks(masks, info)), out.shape[:2])[0]
+    det[0, 4:] = [1, 0.9]
+    mask = np.zeros((1, 28, 28, 2), np.float32)
+    mask[0, :, :, 1] = ramp
+    areas = [I.unmold_detections(det, mask, info, mask_threshold=t)["masks"].sum() for t in (0.25, 0.5, 0.75)]
+    assert areas[0] > areas[1] > areas[2] > 0
+
+
 def test_training_sample_with_and_without_instances_and_augmenter():
     cfg = tiny_config()
     ds = blob_dataset(3, empty_every=3)

@@ -478,6 +478,9 @@ def test_export_command_prints_files_and_refuses_bad_input_in_one_line(exported,
     assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2"), "--flagged-threshold", "1.5"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and "--flagged-threshold must be in [0, 1]" in line, line
+    assert main(["export", "--weights", str(head), "--out", str(tmp_path / "m2"), "--mask-threshold", "1.5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "DETECTION_MASK_THRESHOLD must be a number in [0.05, 0.95]" in line, line
 
 
 def test_release_embeds_an_image_score_and_refuses_a_bad_one_in_one_line(exported, tmp_path):
@@ -653,7 +656,7 @@ def test_a_release_is_released_again_with_new_thresholds_and_the_same_weights(ex
     with pytest.raises(BrainTumorError, match="pass --replace"):
         R.export(head, out=head.parent, metrics=[str(exported["metrics"])], equivalence_images=0, log=lambda *a: None)
     card = R.export(head, out=head.parent, metrics=[str(exported["metrics"])], threshold=0.6, flagged_threshold=0.3,
-                    replace=True, data=str(exported["data"]), equivalence_images=3, log=lambda *a: None)
+                    mask_threshold=0.4, replace=True, data=str(exported["data"]), equivalence_images=3, log=lambda *a: None)
     [new] = R.find_releases(head.parent)
     assert new != head and not head.exists(), "the source release is replaced"
     assert new.name.startswith(before.name + "-"), "named as the release it came from"
@@ -670,10 +673,13 @@ def test_a_release_is_released_again_with_new_thresholds_and_the_same_weights(ex
     cfg = after.config()
     assert cfg.DETECTION_MIN_CONFIDENCE == pytest.approx(0.6) and cfg.DETECTION_FLAGGED_MIN_CONFIDENCE == pytest.approx(0.3)
     assert card["operating_point"]["flagged_min_confidence"] == pytest.approx(0.3)
-    assert "released again" in R.render_card_markdown(after.card) and "DETECTION_FLAGGED_MIN_CONFIDENCE" in \
-        R.render_card_markdown(after.card)
+    assert cfg.DETECTION_MASK_THRESHOLD == pytest.approx(0.4) and card["operating_point"]["mask_threshold"] == 0.4
+    text = R.render_card_markdown(after.card)
+    assert "released again" in text and "DETECTION_FLAGGED_MIN_CONFIDENCE" in text and "DETECTION_MASK_THRESHOLD" in text
+    assert "DETECTION_MASK_THRESHOLD" not in R.render_card_markdown(before.card), "0.5, the default, goes unsaid"
     pred = inference.load_predictor(new, precision="float32")
     assert pred.threshold == pytest.approx(0.6) and pred.flagged_threshold == pytest.approx(0.3)
+    assert pred.config.DETECTION_MASK_THRESHOLD == pytest.approx(0.4)
     assert pred.config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.3), "the model's floor reaches the flagged threshold"
     assert inference.load_predictor(new, min_confidence=0.05).config.DETECTION_MIN_CONFIDENCE == pytest.approx(0.05)
 

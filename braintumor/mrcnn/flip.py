@@ -11,7 +11,7 @@ merged (:func:`merge_views`):
   counts 0 (it scored below the detection floor, 0.05 in evaluation), so a region only one view
   sees keeps half its score;
 - its **box** is the mean of its members' boxes, and its **mask** the mean of their mask
-  probabilities, thresholded at 0.5 (a single member: its own mask).
+  probabilities, thresholded at ``DETECTION_MASK_THRESHOLD`` (0.5 by default; a single member: its own mask).
 
 Each result is a dict of :func:`braintumor.mrcnn.inputs.unmold_detections` with ``soft=True``:
 ``rois`` int32 ``[N, (y1, x1, y2, x2)]`` pixels, ``class_ids`` int32 ``[N]``, ``scores``
@@ -35,9 +35,10 @@ def unflip(result: dict, width: int) -> dict:
     return {**result, "rois": rois, "masks": np.asarray(result["masks"])[:, ::-1, :]}
 
 
-def merge_views(a: dict, b: dict, iou: float = 0.5) -> dict:
+def merge_views(a: dict, b: dict, iou: float = 0.5, mask_threshold: float = 0.5) -> dict:
     """The regions of two views ``a`` and ``b`` of one image (same frame, soft masks), as described
-    in the module docstring; ordered by merged score, highest first. Masks come back bool."""
+    in the module docstring; ordered by merged score, highest first. Masks come back bool: the mean
+    probability at ``mask_threshold`` (``DETECTION_MASK_THRESHOLD``) or above."""
     na, nb = len(a["scores"]), len(b["scores"])
     h, w = np.asarray(a["masks"]).shape[:2]
     if na + nb == 0:
@@ -65,7 +66,7 @@ def merge_views(a: dict, b: dict, iou: float = 0.5) -> dict:
         out_rois.append(rois[members].mean(axis=0))
         out_cls.append(class_ids[i])
         out_scores.append(scores[members].sum() / 2.0)
-        out_masks.append(prob >= 0.5)
+        out_masks.append(prob >= mask_threshold)
     order = np.argsort(-np.asarray(out_scores), kind="stable")
     return {"rois": np.round(np.asarray(out_rois)[order]).astype(np.int32),
             "class_ids": np.asarray(out_cls, np.int32)[order],

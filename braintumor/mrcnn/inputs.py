@@ -379,16 +379,17 @@ def make_tf_dataset(dataset, config, augmenter=None, seed=0, shuffle=True):
     return ds.prefetch(2)
 
 
-def unmold_mask(mask, box, image_shape, soft: bool = False) -> np.ndarray:
-    """Paste a ``[mh, mw]`` probability mask into a bool ``[H, W]`` at pixel ``box`` (threshold 0.5);
-    ``soft``: float32 probabilities instead, 0 outside the box."""
+def unmold_mask(mask, box, image_shape, soft: bool = False, threshold: float = 0.5) -> np.ndarray:
+    """Paste a ``[mh, mw]`` probability mask into a bool ``[H, W]`` at pixel ``box``: the pixels whose
+    resized probability is at least ``threshold`` (``DETECTION_MASK_THRESHOLD``); ``soft``: float32
+    probabilities instead, 0 outside the box."""
     y1, x1, y2, x2 = (int(v) for v in box)
     full = np.zeros(image_shape[:2], np.float32 if soft else bool)
     h, w = y2 - y1, x2 - x1
     if h <= 0 or w <= 0:
         return full
     prob = _resize_float(mask, h, w)
-    full[y1:y2, x1:x2] = prob if soft else prob >= 0.5
+    full[y1:y2, x1:x2] = prob if soft else prob >= threshold
     return full
 
 
@@ -408,13 +409,15 @@ def keep_best_and_strong(result: dict, min_secondary: float) -> dict:
             "masks": result["masks"][:, :, idx]}
 
 
-def unmold_detections(detections, mrcnn_mask, info: ResizeInfo, soft: bool = False) -> dict:
+def unmold_detections(detections, mrcnn_mask, info: ResizeInfo, soft: bool = False,
+                      mask_threshold: float = 0.5) -> dict:
     """One image's network output -> result dict at the original image size.
 
     detections: ``[D, (y1, x1, y2, x2, class_id, score)]`` normalized to the molded
     image (zero rows = padding); mrcnn_mask: ``[D, mh, mw, NUM_CLASSES]``.
     Returns ``{"rois": int32 [N, 4] px, "class_ids": int32 [N], "scores": float32 [N], "masks": bool [H, W, N]}``
-    (``soft``: ``masks`` float32 probabilities, for :mod:`braintumor.mrcnn.flip`).
+    (``soft``: ``masks`` float32 probabilities, for :mod:`braintumor.mrcnn.flip`; else the pixels at
+    ``mask_threshold`` or above).
     """
     detections = np.asarray(detections)
     n = int(np.count_nonzero(detections[:, 4] > 0))
@@ -437,6 +440,6 @@ def unmold_detections(detections, mrcnn_mask, info: ResizeInfo, soft: bool = Fal
     boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
     full = np.zeros((oh, ow, len(keep)), np.float32 if soft else bool)
     for j, i in enumerate(keep):
-        full[:, :, j] = unmold_mask(masks[i], boxes[j], (oh, ow), soft)
+        full[:, :, j] = unmold_mask(masks[i], boxes[j], (oh, ow), soft, mask_threshold)
     return {"rois": boxes, "class_ids": class_ids, "scores": scores, "masks": full}
 

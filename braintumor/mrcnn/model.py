@@ -488,6 +488,7 @@ class MaskRCNN:
         results = []
         step = max(1, self.config.BATCH_SIZE)
         flip = bool(self.config.TEST_TIME_FLIP)  # braintumor.mrcnn.flip: a second view, twice the time
+        mask_threshold = float(self.config.DETECTION_MASK_THRESHOLD)
         for i in range(0, len(images), step):
             chunk = images[i:i + step]
             try:
@@ -508,9 +509,9 @@ class MaskRCNN:
                     if flip:
                         r = merge_views(unmold_detections(det[j], masks[j], info, soft=True),
                                         unflip(unmold_detections(det_f[j], masks_f[j], infos_f[j], soft=True),
-                                               info.original_shape[1]))
+                                               info.original_shape[1]), mask_threshold=mask_threshold)
                     else:
-                        r = unmold_detections(det[j], masks[j], info)
+                        r = unmold_detections(det[j], masks[j], info, mask_threshold=mask_threshold)
                     r = keep_best_and_strong(r, float(self.config.DETECTION_SECONDARY_MIN_CONFIDENCE))
                     results.append({**r, "image_features": feats[j]})
         return results

@@ -191,7 +191,8 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
         "operating_point": {"threshold": round(float(threshold), 4),
                             "meaning": "DETECTION_MIN_CONFIDENCE: a scan is flagged when a detection scores at least this",
                             "secondary_min_confidence": float(getattr(config, "DETECTION_SECONDARY_MIN_CONFIDENCE", 0.0)),
-                            "flagged_min_confidence": float(getattr(config, "DETECTION_FLAGGED_MIN_CONFIDENCE", 0.0))},
+                            "flagged_min_confidence": float(getattr(config, "DETECTION_FLAGGED_MIN_CONFIDENCE", 0.0)),
+                            "mask_threshold": float(getattr(config, "DETECTION_MASK_THRESHOLD", 0.5))},
         "storage": {"encoding": encoding,
                     "restored_as": "float32",
                     "note": ("float16: 2 bytes per weight, relative rounding error <= 2**-11"
@@ -279,6 +280,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   *([f"| on scans the image-level head flags, regions count from | {_fmt(fl, 2)} "
                      f"(`DETECTION_FLAGGED_MIN_CONFIDENCE`) |"]
                     if (fl := card.get('operating_point', {}).get('flagged_min_confidence')) else []),
+                  *([f"| outlines: mask probability at least | {_fmt(mt, 2)} (`DETECTION_MASK_THRESHOLD`) |"]
+                    if (mt := card.get('operating_point', {}).get('mask_threshold')) not in (None, 0.5) else []),
                   f"| Dice (mean over val images) | {_fmt(v.get('dice_mean'))} |",
                   f"| mask mAP@0.5 / @[.5:.95] | {_fmt(v.get('mask_map50'))} / {_fmt(v.get('mask_map'))} |",
                   f"| box mAP@0.5 / @[.5:.95] | {_fmt(v.get('box_map50'))} / {_fmt(v.get('box_map'))} |",

@@ -55,7 +55,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            config: str | None = None, data: str | None = None, command: str | None = None,
            name: str | None = None, readme: str | None = None, force: bool = False,
            equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
-           flagged_threshold: float | None = None, log=print) -> dict[str, Any]:
+           flagged_threshold: float | None = None, mask_threshold: float | None = None,
+           log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
     weights: a checkpoint path (or ``last``) with its run's config.toml beside it, or a release: the
@@ -70,6 +71,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     its checkpoint is removed again unless ``force``. image_score: a JSON file of a fitted
     :class:`braintumor.image_score.ImageScore`, embedded in the release. flagged_threshold:
     ``DETECTION_FLAGGED_MIN_CONFIDENCE`` of the release (default the run's; 0 turns it off).
+    mask_threshold: ``DETECTION_MASK_THRESHOLD`` of the release (default the run's).
     """
     import time
 
@@ -105,6 +107,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         if not 0.0 <= flagged_threshold <= 1.0:
             raise BrainTumorError(f"--flagged-threshold must be in [0, 1], got {flagged_threshold}")
         cfg = cfg.replace(DETECTION_FLAGGED_MIN_CONFIDENCE=float(flagged_threshold))
+    if mask_threshold is not None:  # the config refuses a value outside [0.05, 0.95] in one line
+        cfg = cfg.replace(DETECTION_MASK_THRESHOLD=float(mask_threshold))
     if cfg.DETECTION_FLAGGED_MIN_CONFIDENCE and image_score_text is None:
         raise BrainTumorError("DETECTION_FLAGGED_MIN_CONFIDENCE needs an image-level head (--image-score): "
                               "it applies to the images the head flags")
@@ -225,7 +229,8 @@ def cli_export(args) -> int:
                   encoding=args.encoding, replace=args.replace, config=args.config, data=args.data,
                   command=args.train_command, name=args.name, readme=args.readme, force=args.force,
                   equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None),
-                  flagged_threshold=getattr(args, "flagged_threshold", None))
+                  flagged_threshold=getattr(args, "flagged_threshold", None),
+                  mask_threshold=getattr(args, "mask_threshold", None))
     for f in card["files"]:
         if "bytes" in f:
             print(f"{f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256']}")
