@@ -13,7 +13,7 @@ the regions the lower bar adds lie on the tumor.
 Usage (about 1 s an image on 2 cores; the thesis val set with the 204 held-out tumor-free
 slices, and the 298 Figshare val slices)::
 
-    .venv/bin/python benchmarks/flagged_outline_probe.py --weights models/tumorfs-resnet101-6c516eb1.h5  # (0d02451e, ced84004 then)
+    .venv/bin/python benchmarks/flagged_outline_probe.py --weights models/tumorfs-resnet101-f6368f50.h5  # (0d02451e, ced84004 then)
 """
 
 from __future__ import annotations

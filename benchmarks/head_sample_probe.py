@@ -17,7 +17,7 @@ head ≥ its threshold. Fitting a head from cached features takes about a second
 
 Usage (about 1 s an image on 2 cores the first time; 3,562 images)::
 
-    .venv/bin/python benchmarks/head_sample_probe.py --weights models/tumorfs-resnet101-6c516eb1.h5 \\
+    .venv/bin/python benchmarks/head_sample_probe.py --weights models/tumorfs-resnet101-f6368f50.h5 \\
         --data ../shared/data --operating-point 0.3814 --out logs/head_sample_probe
 """
 

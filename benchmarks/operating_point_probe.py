@@ -12,7 +12,7 @@ the verdicts (tumor / suspected / uncertain / no tumor) on tumors and on healthy
 
 Usage (seconds once the cache exists; about 10 minutes on 2 cores without it)::
 
-    .venv/bin/python benchmarks/operating_point_probe.py --weights models/tumorfs-resnet101-6c516eb1.h5 \\
+    .venv/bin/python benchmarks/operating_point_probe.py --weights models/tumorfs-resnet101-f6368f50.h5 \\
         [--head logs/head_all.json ...] [--thresholds 0.25,0.3,0.35,0.3814,0.45]
 """
 
