@@ -33,14 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLASS_MAP = {"meningioma": "tumor", "glioma": "tumor", "pituitary": "tumor"}
 SETS = (("thesis_val", "brain_tumor_data"), ("figshare_val", "figshare"))
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two bool masks; 1 when both are empty (as ``braintumor.metrics``)."""
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & gt)) / total
+    """Dice of two bool masks, as ``braintumor evaluate`` computes it."""
+    from braintumor.metrics import dice_iou
+
+    return dice_iou(pred, gt)[0]
 
 
 def representation_ceiling(dataset, mini_shape, mask_shape) -> float:
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for key, folder in SETS:
-        ds = load_split(Path(args.data) / folder, "val", class_map=CLASS_MAP)
+        ds = load_split(Path(args.data) / folder, "val", class_map=cfg.CLASS_MAP)  # the model's own mapping
         t0 = time.perf_counter()
         rows, groups = [], []
         for i in ds.image_ids:
