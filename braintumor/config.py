@@ -43,7 +43,7 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "VALIDATION_STEPS": (20, "validation batches at the end of every epoch"),
     "EPOCHS": (15, "total epochs of the run (the last stage of SCHEDULE ends here)"),
     "SCHEDULE": ([], "staged training: list of {epochs, layers, learning_rate}; empty = one stage"),
-    "LAYERS": ("all", "layer group trained when SCHEDULE is empty: heads, 3+, 4+, 5+, all, or mask (the mask branch alone)"),
+    "LAYERS": ("all", "layer group trained when SCHEDULE is empty: heads, 3+, 4+, 5+, all, mask (the mask branch alone) or detector (RPN and heads; backbone and FPN frozen)"),
     "INIT": ("random", "initial weights: random, imagenet, coco, last or a path to an .h5"),
     "EVAL_EACH_EPOCH": (False, "compute val Dice and mAP@0.5 after each epoch (slower)"),
     # --- data --------------------------------------------------------------
@@ -134,7 +134,7 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
 DEFAULTS: dict[str, Any] = {k: v for k, (v, _) in _SETTINGS.items()}
 COMMENTS: dict[str, str] = {k: c for k, (_, c) in _SETTINGS.items()}
 
-LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all", "mask")
+LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all", "mask", "detector")
 BACKBONES = ("resnet50", "resnet101")
 NORMS = ("bn", "gn")
 GN_IMPLS = ("keras", "fused")

@@ -65,21 +65,29 @@ def test_set_trainable_groups_and_train_bn(tmp_path):
     assert not m2.keras_model.get_layer("mrcnn_mask_bn1").trainable
 
 
+_MASK_BRANCH = ["mrcnn_mask", "mrcnn_mask_conv1", "mrcnn_mask_bn1", "mrcnn_mask_deconv"]
+_BOX_HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_class_conv1", "mrcnn_class_bn1"]
+_FEATURES = ["fpn_p2", "fpn_p4", "fpn_p5", "res5c_branch2c", "conv1", "bn_conv1"]
+
+
 @pytest.mark.slow
-def test_mask_group_trains_the_mask_branch_alone(tmp_path):
-    """``LAYERS = "mask"``: a step moves the mask branch (GroupNorm included) and nothing that makes a
-    detection, its score or the image features (class/box heads, RPN, FPN, backbone)."""
+@pytest.mark.parametrize("group, prefixes, moved, kept, rpn_moves", [
+    # the mask branch alone: nothing that makes a detection, its score or the image features moves
+    ("mask", ("mrcnn_mask",), _MASK_BRANCH, _BOX_HEADS + _FEATURES, False),
+    # RPN and every head: the backbone and the FPN (the image-level head's features) stay as they are
+    ("detector", ("mrcnn_", "rpn_"), _MASK_BRANCH + _BOX_HEADS, _FEATURES, True),
+])
+def test_partial_groups_train_only_their_layers(tmp_path, group, prefixes, moved, kept, rpn_moves):
+    """``LAYERS = "mask"`` / ``"detector"``: two steps move exactly the group's layers (GroupNorm included)."""
     cfg = tiny_config(NORM="gn")
     m = MaskRCNN("training", cfg, tmp_path)
     km = m.keras_model
-    m.set_trainable("mask")
-    assert km.trainable_weights and all("mrcnn_mask" in w.path for w in km.trainable_weights)
+    m.set_trainable(group)
+    assert km.trainable_weights
+    assert all(any(p in w.path for p in prefixes) for w in km.trainable_weights)
     m.compile(0.05)
     ds = blob_dataset(2)
     x = _batch(ds, cfg, [0])
-    moved = ["mrcnn_mask", "mrcnn_mask_conv1", "mrcnn_mask_bn1", "mrcnn_mask_deconv"]
-    kept = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_class_conv1", "mrcnn_class_bn1", "fpn_p2", "fpn_p5",
-            "res5c_branch2c", "conv1", "bn_conv1"]
     before = {n: _weights(km, n) for n in moved + kept}
     rpn_before = [np.array(w) for w in km.get_layer("rpn_model").weights]
     for _ in range(2):
@@ -89,7 +97,8 @@ def test_mask_group_trains_the_mask_branch_alone(tmp_path):
         assert any(not np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
     for n in kept:
         assert all(np.array_equal(a, b) for a, b in zip(before[n], _weights(km, n))), n
-    assert all(np.array_equal(a, np.array(b)) for a, b in zip(rpn_before, km.get_layer("rpn_model").weights))
+    rpn_same = all(np.array_equal(a, np.array(b)) for a, b in zip(rpn_before, km.get_layer("rpn_model").weights))
+    assert rpn_same != rpn_moves
 
 
 @pytest.mark.slow

@@ -56,6 +56,7 @@ LAYER_REGEX = {
     "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
     "all": r".*",
     "mask": r"mrcnn\_mask.*",  # the mask branch alone: boxes, scores and image features stay as they are
+    "detector": r"(mrcnn\_.*)|(rpn\_.*)",  # RPN + box/class/mask heads: backbone and FPN (image features) stay
 }
 
 _RUN_DIR_RE = re.compile(r"^(?P<name>.+?)(?P<stamp>\d{8}T\d{4})$")
