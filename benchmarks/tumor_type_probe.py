@@ -41,7 +41,7 @@ FOLDS = 5
 
 
 def region_features(result: dict, height: int, width: int) -> np.ndarray:
-    """``[8]``: the best detection's (y1, x1, y2, x2, centre y, centre x, height, width) as fractions of the
+    """``[9]``: the best detection's (y1, x1, y2, x2, centre y, centre x, height, width) as fractions of the
     image, and its score; zeros (score 0) without a detection."""
     scores = np.asarray(result.get("scores", ()), np.float64)
     if scores.size == 0:
@@ -147,6 +147,7 @@ def choose_l2(x: np.ndarray, y: np.ndarray, numbers: np.ndarray) -> tuple[float,
 
 
 def main(argv=None) -> int:
+    from braintumor.fit_image_score import _file_tag
     from braintumor.inference import load_predictor
     from braintumor.release.files import default_release
 
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
     predictor = load_predictor(str(weights), precision="float32")
-    tag = weights.name.split(".")[0]
+    tag = _file_tag(weights)  # the file itself (path, size, time): two runs' mask_rcnn_<name>_0020.h5 differ
     cache = Path(args.cache)
     t0 = time.perf_counter()
     train = read_split(predictor, Path(args.figshare), "train", cache, tag)
