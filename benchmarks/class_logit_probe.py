@@ -58,20 +58,18 @@ class ProposalFeatures:
         (non-padding) proposals; boxes normalized in the molded frame."""
         import tensorflow as tf
 
-        from braintumor.boxes import box_iou, masks_to_boxes, norm_boxes
+        from tumor_type_probe import molded_boxes
+
+        from braintumor.boxes import box_iou
         from braintumor.mrcnn.box_coder import np_decode
-        from braintumor.mrcnn.inputs import mold_inputs, resize_masks
+        from braintumor.mrcnn.inputs import mold_inputs
 
         molded, metas, infos = mold_inputs([image], self.config)
         rois, probs, deltas, feats = (t.numpy() for t in self._fn(tf.constant(molded), tf.constant(metas, tf.float32)))
         rois, probs, deltas = rois[0], probs[0], deltas[0]
         real = (rois[:, 2] > rois[:, 0]) & (rois[:, 3] > rois[:, 1])
         refined = np_decode(rois, deltas[:, 1], self.config.BBOX_STD_DEV)
-        if masks.shape[-1] and masks.any():
-            gt = norm_boxes(masks_to_boxes(resize_masks(masks, infos[0])), molded.shape[1:3])
-            gt = gt[(gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])]
-        else:
-            gt = np.zeros((0, 4), np.float32)
+        gt = molded_boxes(masks, infos[0])
         iou = box_iou(rois, gt).max(1) if len(gt) else np.zeros(len(rois))
         iou_r = box_iou(refined, gt).max(1) if len(gt) else np.zeros(len(rois))
         return {"score": probs[real, 1], "iou": iou[real], "iou_refined": iou_r[real], "feats": feats[real]}

@@ -63,10 +63,11 @@ def classify(gt: np.ndarray, proposals: np.ndarray, refined: np.ndarray, scores:
 def main(argv=None) -> int:
     import tensorflow as tf
 
-    from braintumor.boxes import masks_to_boxes, norm_boxes
+    from tumor_type_probe import molded_boxes
+
     from braintumor.inference import load_predictor
     from braintumor.mrcnn.box_coder import np_decode
-    from braintumor.mrcnn.inputs import mold_inputs, resize_masks
+    from braintumor.mrcnn.inputs import mold_inputs
     from braintumor.release.files import default_release
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -102,8 +103,10 @@ def main(argv=None) -> int:
         molded, metas, infos = mold_inputs([im], config)
         det, probs, deltas, _, rois = (t.numpy()[0] for t in graph(tf.constant(molded),
                                                                    tf.constant(metas, tf.float32))[:5])
-        tumor = masks.any(-1, keepdims=True)
-        gt = norm_boxes(masks_to_boxes(resize_masks(tumor, infos[0])), molded.shape[1:3])[0]
+        gt = molded_boxes(masks.any(-1, keepdims=True), infos[0])
+        if not len(gt):
+            continue  # the tumor vanishes at the model's size
+        gt = gt[0]
         refined = np_decode(rois, deltas[:, 1], config.BBOX_STD_DEV)
         det = det[det[:, 5] > 0]
         best = det[det[:, 5].argmax(), :4] if len(det) else None

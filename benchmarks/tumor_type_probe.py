@@ -87,6 +87,17 @@ def read_split(predictor, figshare: Path, split: str, cache: Path, tag: str) -> 
     return out
 
 
+def molded_boxes(masks: np.ndarray, info) -> np.ndarray:
+    """Instance masks ``bool [H, W, N]`` of the original image -> ``[N', (y1, x1, y2, x2)]`` normalized boxes in the
+    molded frame of ``info`` (:class:`braintumor.mrcnn.inputs.ResizeInfo`), where the model's boxes live; masks
+    that vanish when resized are dropped."""
+    from braintumor.boxes import masks_to_boxes, norm_boxes
+    from braintumor.mrcnn.inputs import resize_masks
+
+    boxes = norm_boxes(masks_to_boxes(resize_masks(np.asarray(masks, bool), info)), info.molded_shape[:2])
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
 class RoiFeatures:
     """Features of one box, computed by the release's own ROI heads (what decides "tumor" and the outline).
 
@@ -123,24 +134,20 @@ class RoiFeatures:
         self._base = tf.function(lambda im, meta: base([im, meta], training=False), reduce_retracing=True)
         self._heads = tf.function(heads, reduce_retracing=True)
 
-    def __call__(self, image: np.ndarray, gt_boxes_px: np.ndarray) -> dict:
-        """``image`` uint8 ``[H, W, 3]``, ``gt_boxes_px`` ``[G, (y1, x1, y2, x2)]`` pixels of it (G >= 1) ->
-        ``{"det" [N, 6] and "gt" [G, 4] normalized in the molded frame (y1, x1, y2, x2[, class, score]), "cls" [G + 1, F],
-        "mask" [G + 1, 512]}``;
-        the last row pools the best detection's box (the whole image's without a detection)."""
+    def __call__(self, image: np.ndarray, tumor: np.ndarray) -> dict:
+        """``image`` uint8 ``[H, W, 3]``, ``tumor`` bool ``[H, W, 1]`` the tumor's mask ->
+        ``{"det" [N, 6] and "gt" [1, 4] normalized in the molded frame (y1, x1, y2, x2[, class, score]), "cls" [2, F],
+        "mask" [2, 512]}``: the first row pools the tumor's box, the last the best detection's box (the whole image's
+        without a detection)."""
         import tensorflow as tf
 
-        from braintumor.boxes import masks_to_boxes, norm_boxes
-        from braintumor.mrcnn.inputs import mold_inputs, resize_masks
+        from braintumor.mrcnn.inputs import mold_inputs
 
         molded, metas, infos = mold_inputs([image], self.config)
         out = self._base(tf.constant(molded), tf.constant(metas, tf.float32))
         det = out[0].numpy()[0]
         det = det[det[:, 5] > 0]
-        masks = np.zeros(image.shape[:2] + (len(gt_boxes_px),), bool)
-        for j, (y1, x1, y2, x2) in enumerate(np.asarray(gt_boxes_px, int)):
-            masks[y1:y2, x1:x2, j] = True
-        gt = norm_boxes(masks_to_boxes(resize_masks(masks, infos[0])), molded.shape[1:3])
+        gt = molded_boxes(tumor, infos[0])
         whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)  # no detection: the whole image, never the answer
         best = det[det[:, 5].argmax(), :4][None] if len(det) else whole
         boxes = np.concatenate([gt, best]).astype(np.float32)[None]
@@ -154,7 +161,7 @@ def read_roi_split(model, figshare: Path, split: str, cache: Path, tag: str) -> 
     path = cache / f"figshare_{split}-roi-{tag}.npz"
     if path.is_file():
         return dict(np.load(path))
-    from braintumor.boxes import box_iou, masks_to_boxes
+    from braintumor.boxes import box_iou
     from braintumor.figshare import load_figshare
 
     ds = load_figshare(figshare, split)
@@ -168,9 +175,7 @@ def read_roi_split(model, figshare: Path, split: str, cache: Path, tag: str) -> 
         if len(cats) != 1 or cats[0] not in TYPES:
             continue
         im = ds.load_image(i)
-        masks, _ = ds.load_mask(i)
-        gt_px = masks_to_boxes(np.asarray(masks, bool).any(-1, keepdims=True))  # one box round the tumor
-        r = feats(im, gt_px)
+        r = feats(im, np.asarray(ds.load_mask(i)[0], bool).any(-1, keepdims=True))  # one box round the tumor
         rows["numbers"].append(int(Path(str(info.get("path", info.get("name")))).stem))
         rows["type"].append(TYPES.index(cats[0]))
         for where, row in (("gt", 0), ("det", -1)):
