@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="dataset folder")
     tr.add_argument("--init", default=None, help="coco, imagenet, last, random or a path to an .h5 (default: the preset's INIT)")
     tr.add_argument("--epochs", type=int, help="total epochs (overrides EPOCHS)")
+    tr.add_argument("--stop-after", type=int, metavar="EPOCH",
+                    help="stop cleanly after this epoch (the schedule still spans EPOCHS; continue later with --init last)")
     tr.add_argument("--steps", type=int, help="steps per epoch (overrides STEPS_PER_EPOCH)")
     tr.add_argument("--val-steps", type=int, help="validation steps (overrides VALIDATION_STEPS)")
     tr.add_argument("--layers", choices=list(LAYER_GROUPS), help="layer group to train (overrides the preset)")

@@ -75,13 +75,17 @@ def fit_schedule(schedule: list[dict], epochs: int) -> list[dict]:
     return out
 
 
-def stage_plan(config: Config, start_epoch: int) -> list[dict]:
-    """The stages still to run from ``start_epoch``, each with its cumulative end epoch ``until``."""
+def stage_plan(config: Config, start_epoch: int, stop_after: int | None = None) -> list[dict]:
+    """The stages still to run from ``start_epoch``, each with its cumulative end epoch ``until``.
+
+    ``stop_after``: run only up to that epoch of the schedule this time (a long run split over
+    several sittings); the learning-rate schedule still spans the preset's ``EPOCHS``."""
     plan, end = [], 0
     for stage in config.schedule():
-        end += stage["epochs"]
-        if end > start_epoch:
-            plan.append({**stage, "until": end})
+        begin, end = end, end + stage["epochs"]
+        until = end if stop_after is None else min(end, stop_after)
+        if until > max(start_epoch, begin):
+            plan.append({**stage, "until": until})
     return plan
 
 
@@ -490,10 +494,12 @@ def write_data_summary(path: Path, train: Any, val: Any, held: Any, data_dir: Pa
 
 
 def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, callbacks=None,
-                 source_overrides: dict[str, str] | None = None) -> Path:
-    """Train per ``config`` (all stages); returns the run folder.
+                 source_overrides: dict[str, str] | None = None, stop_after: int | None = None) -> Path:
+    """Train per ``config`` (all stages, or up to epoch ``stop_after``); returns the run folder.
 
     ``callbacks``: extra keras callbacks; one with a ``run_dir`` attribute gets the run folder.
+    ``stop_after``: end cleanly after that epoch; ``--init last`` then goes on at the learning
+    rate a run without the stop would have had (the sample order restarts from the resumed epoch's seed).
     """
     import keras
 
@@ -525,9 +531,10 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
         write_data_summary(run_dir / "data.json", train, val, held, data_dir)
     print(f"run folder: {run_dir}", flush=True)
     augmentation = build_augmentation(config.AUGMENTATION, seed=config.SEED) if config.AUGMENTATION else None
-    plan = stage_plan(config, model.epoch)
+    plan = stage_plan(config, model.epoch, stop_after)
     if not plan:
-        print(f"nothing to do: the run is already at epoch {model.epoch} of {config.EPOCHS}")
+        print(f"nothing to do: the run is already at epoch {model.epoch} of "
+              f"{config.EPOCHS if stop_after is None else min(stop_after, config.EPOCHS)}")
         return run_dir
     started = time.time()
     callbacks = _keras_callbacks(run_dir, model, config, val, started) + list(callbacks or [])
@@ -551,6 +558,10 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
         path = model.checkpoint_path_for(epoch)
         model.save_weights(path, epoch=epoch)
         print(f"\ninterrupted during epoch {epoch}: weights saved to {path}; "
+              f"continue with: braintumor train --config {run_dir / 'config.toml'} --init last", flush=True)
+        return run_dir
+    if model.epoch < config.EPOCHS:
+        print(f"stopped after epoch {model.epoch} of {config.EPOCHS} (--stop-after) in {time.time() - started:.0f} s; "
               f"continue with: braintumor train --config {run_dir / 'config.toml'} --init last", flush=True)
         return run_dir
     print(f"done: {config.EPOCHS} epochs in {time.time() - started:.0f} s; last checkpoint "
@@ -584,6 +595,9 @@ def stop_signals_save():
 
 
 def cli_train(args) -> int:
+    stop_after = getattr(args, "stop_after", None)
+    if stop_after is not None and stop_after < 1:
+        raise BrainTumorError(f"--stop-after must be an epoch number >= 1, got {stop_after}")
     config = build_config(args)
     data_dir = resolve_data_dir(args.data)
     if not data_dir.is_dir():
@@ -598,5 +612,6 @@ def cli_train(args) -> int:
                                   f"(its SOURCES: {', '.join(s['NAME'] for s in config.SOURCES) or 'none'})")
         overrides[name] = folder
     with stop_signals_save():
-        run_training(config, data_dir, Path(args.logs), source_overrides=overrides)
+        run_training(config, data_dir, Path(args.logs), source_overrides=overrides,
+                     stop_after=stop_after)
     return 0

@@ -74,6 +74,11 @@ def test_schedule_is_cut_or_stretched_to_the_epoch_count():
     assert [(s["layers"], s["until"]) for s in stage_plan(c, 0)] == [("heads", 3), ("all", 5)]
     assert [(s["layers"], s["until"]) for s in stage_plan(c, 3)] == [("all", 5)]
     assert stage_plan(c, 5) == []
+    # --stop-after cuts the plan at that epoch, wherever it falls
+    assert [(s["layers"], s["until"]) for s in stage_plan(c, 0, stop_after=2)] == [("heads", 2)]
+    assert [(s["layers"], s["until"]) for s in stage_plan(c, 0, stop_after=4)] == [("heads", 3), ("all", 4)]
+    assert [(s["layers"], s["until"]) for s in stage_plan(c, 4, stop_after=9)] == [("all", 5)]
+    assert stage_plan(c, 2, stop_after=2) == []
 
 
 def test_command_line_overrides_the_preset(tiny_preset, tiny_data, tmp_path):
@@ -187,6 +192,32 @@ def test_run_writes_checkpoints_history_and_curves_then_resumes(tiny_preset, tin
                  "--split", "val", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"]["n_images"] == 2
+
+
+@pytest.mark.slow
+def test_stop_after_then_resume_follows_the_uninterrupted_learning_rate(tiny_preset, tiny_data, tmp_path, capsys):
+    from braintumor.cli import main
+
+    base = ["train", "--config", str(tiny_preset), "--data", str(tiny_data), "--steps", "2", "--val-steps", "1"]
+    preset = Config.from_toml(tiny_preset).replace(EPOCHS=3, WARMUP_STEPS=1, LR_DECAY="cosine", LEARNING_RATE=0.01)
+    preset.save(tmp_path / "cosine.toml")
+    base[2] = str(tmp_path / "cosine.toml")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(base + ["--logs", str(whole)]) == 0
+    assert main(base + ["--logs", str(split), "--stop-after", "1"]) == 0
+    (run,) = [d for d in split.iterdir() if d.is_dir()]
+    assert sorted(p.name for p in run.glob("*.h5")) == ["mask_rcnn_tiny_0001.h5"]
+    assert Config.from_toml(run / "config.toml").EPOCHS == 3    # the stop is not a shorter schedule
+    assert main(base + ["--logs", str(split), "--init", "last"]) == 0
+    assert [d for d in split.iterdir() if d.is_dir()] == [run]
+    (ref,) = [d for d in whole.iterdir() if d.is_dir()]
+    lr_whole = [float(r["learning_rate"]) for r in read_history(ref / "history.csv")]
+    lr_split = [float(r["learning_rate"]) for r in read_history(run / "history.csv")]
+    assert len(lr_split) == 3 and lr_split[-1] == pytest.approx(0.0, abs=1e-9)
+    assert lr_split == pytest.approx(lr_whole, rel=1e-6)
+    assert lr_split[0] > lr_split[1] > lr_split[2]
+    assert main(base + ["--logs", str(split), "--stop-after", "0"]) == 2
+    assert "--stop-after must be an epoch number" in capsys.readouterr().err
 
 
 @pytest.mark.slow
