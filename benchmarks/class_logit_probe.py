@@ -133,29 +133,19 @@ def collect(pf: ProposalFeatures, parts: list, split: str, path: Path, seed: int
 
 
 def fit_logit(x: np.ndarray, y: np.ndarray, w_row: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """L2 logistic regression (on standardised features; the penalty on the standardised weights) ->
+    """``braintumor.image_score.fit`` with these row weights (L2 on the standardised weights) ->
     ``(w [F], b)`` in the raw feature space, ready for a Dense layer."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
+    from braintumor.image_score import fit
 
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / scale
-    total = w_row.sum()
-
-    def loss_and_grad(p):
-        w, b = p[:-1], p[-1]
-        s = z @ w + b
-        loss = -np.sum(w_row * (y * log_expit(s) + (1 - y) * log_expit(-s))) / total + 0.5 * l2 * w @ w
-        err = w_row * (expit(s) - y) / total
-        return loss, np.concatenate([z.T @ err + l2 * w, [err.sum()]])
-
-    res = minimize(loss_and_grad, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 3000})
-    w = res.x[:-1] / scale
-    return w, float(res.x[-1] - np.sum(res.x[:-1] * mean / scale))
+    head = fit(x, y, l2=l2, sample_weight=w_row, maxiter=3000)
+    w = head.weights / head.scale
+    return w, float(head.bias - np.sum(w * head.mean))
 
 
 def simulate(val: dict, score: np.ndarray) -> dict:
     """Per val scan: the best proposal's score and whether its refined box is on the tumor; the operating point."""
+    from braintumor.metrics import choose_operating_point
+
     images = val["images"]
     n = len(images)
     best = np.full(n, -1.0)
@@ -169,7 +159,7 @@ def simulate(val: dict, score: np.ndarray) -> dict:
     src = np.array([s.split("/")[0] for s in images])
     kind = np.array([s.split("/")[1] for s in images])
     th, free = best[src == "thesis"], best[src == "tumor_free"]
-    op = float(np.sort(th)[int(np.floor(0.05 * len(th)))])  # >= 95 % of the thesis scans at or above it
+    op = float(choose_operating_point(th, free)["robust_threshold"])  # as evaluate chooses it
     out = {"operating_point": op, "tumor_free_flagged": int(np.sum(free >= op)),
            "tumor_free_above_0.9": int(np.sum(free >= 0.9)),
            "thesis_on_tumor": int(np.sum(on[src == "thesis"])), "thesis_on_tumor_at_op": int(np.sum(

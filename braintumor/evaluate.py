@@ -439,7 +439,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
         op = results.get("operating_point")
         if op and op.get("threshold") is not None:
             rows.append((f"operating point (sensitivity >= {op['min_sensitivity']:.2f})",
-                         f"threshold {op['threshold']:.3f}: sensitivity {_fmt(op['sensitivity'])}, "
+                         f"threshold {op['threshold']:.4g} (robust {op['robust_threshold']:.4g}): sensitivity {_fmt(op['sensitivity'])}, "
                          f"specificity {_fmt(op['specificity'])}" + ("" if op["reachable"] else " (not reachable)")))
         rule = results.get("image_rule")
         if rule:
@@ -484,7 +484,7 @@ def _markdown(results: dict[str, Any], per_image: Sequence[dict]) -> str:
     op = results.get("operating_point")
     if op and op.get("note"):
         lines += ["", f"Note: {op['note']}."]
-    lines += ["", f"## Per image (threshold {results['threshold']:.2f})", ""]
+    lines += ["", f"## Per image (threshold {results['threshold']:.4g})", ""]
     if results.get("kind") == "folder":
         lines += ["| image | detections | max score |", "|---|---|---|"]
         lines += [f"| {_cell(r['name'])} | {r['n_det']} | {r['max_score']:.3f} |" for r in per_image]

@@ -106,11 +106,14 @@ def load_image_score(path) -> ImageScore:
         raise BrainTumorError(f"{path}: {e}") from None
 
 
-def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_detection: float = 0.9) -> ImageScore:
+def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_detection: float = 0.9,
+        sample_weight: np.ndarray | None = None, maxiter: int = 1000) -> ImageScore:
     """L2-regularised logistic regression on standardised ``features [N, F]``, ``labels [N]`` (1 = tumor).
 
-    Both classes weigh the same in the loss, whatever their counts. The threshold is left at
-    0.5: choose it on val with :func:`choose_threshold`.
+    Both classes weigh the same in the loss, whatever their counts, unless ``sample_weight [N]``
+    (>= 0) gives each row its own weight instead; either way the weights are scaled to sum to N,
+    so ``l2`` means the same. The threshold is left at 0.5: choose it on val with
+    :func:`choose_threshold`.
     """
     from scipy.optimize import minimize
 
@@ -122,7 +125,13 @@ def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_de
         raise BrainTumorError("image score: the fit needs images with and without a tumor")
     mean, scale = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / scale
-    w_row = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    if sample_weight is None:
+        w_row = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    else:
+        w_row = np.asarray(sample_weight, np.float64).reshape(-1)
+        if len(w_row) != len(y) or np.any(w_row < 0) or not w_row.sum() > 0:
+            raise BrainTumorError(f"image score: sample_weight must be [N] = [{len(y)}] non-negative weights, not all 0")
+        w_row = w_row * (len(y) / w_row.sum())
 
     def loss_and_grad(params):
         w, b = params[:-1], params[-1]
@@ -131,7 +140,7 @@ def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_de
         loss = np.sum(w_row * (np.logaddexp(0.0, s) - y * s)) / len(y) + 0.5 * l2 * w @ w
         return loss, np.append(z.T @ err + l2 * w, err.sum())
 
-    res = minimize(loss_and_grad, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 1000})
+    res = minimize(loss_and_grad, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
     return ImageScore(mean, scale, res.x[:-1], float(res.x[-1]), confident_detection=confident_detection)
 
 

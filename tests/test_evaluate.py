@@ -166,6 +166,9 @@ def test_write_report_files_and_numbers(tmp_path, monkeypatch):
     md = written["metrics.md"].read_text()
     assert "| Dice mean (all images) | 0.500 |" in md
     assert "| shifted.jpg | 1 | 1 | 0.800 | 0.500 | 0.333 | 0 | 1 | 1 |" in md
+    # the operating point and its robust value (halfway down to the next score) as they are, not rounded to 0.30
+    assert "| operating point (sensitivity >= 0.95) | threshold 0.3 (robust 0.25): sensitivity 1.000, " in md
+    assert "## Per image (threshold 0.5)" in md
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 

@@ -34,6 +34,19 @@ def test_classes_weigh_the_same_whatever_their_counts():
     assert abs(p.mean() - 0.5) < 0.05
 
 
+def test_sample_weight_replaces_the_class_balance():
+    x, y = _two_classes(shift=0.0, seed=1)  # no signal: the bias alone follows the weights
+    balanced = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    default = fit(x, y, l2=1.0)
+    given = fit(x, y, l2=1.0, sample_weight=3.0 * balanced)  # any scale: weights are scaled to sum to N
+    assert np.allclose(given.weights, default.weights, atol=1e-6) and given.bias == pytest.approx(default.bias, abs=1e-6)
+    plain = fit(x, y, l2=1.0, sample_weight=np.ones(len(y))).probability(x)
+    assert abs(plain.mean() - y.mean()) < 0.05              # 40 of 160: unweighted, the head leans to "no tumor"
+    for bad in (np.ones(len(y) - 1), -np.ones(len(y)), np.zeros(len(y))):
+        with pytest.raises(BrainTumorError, match="sample_weight"):
+            fit(x, y, sample_weight=bad)
+
+
 def test_stronger_l2_shrinks_the_weights():
     x, y = _two_classes()
     assert np.linalg.norm(fit(x, y, l2=1.0).weights) < np.linalg.norm(fit(x, y, l2=0.001).weights)
