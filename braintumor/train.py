@@ -11,7 +11,8 @@ A run folder ``logs/<name><YYYYMMDDTHHMM>/`` receives:
 
 ``--init last`` continues the newest run of the preset's NAME from its last
 checkpoint; epochs count on from there and the staged schedule resumes at the
-right stage. Ctrl-C saves the weights as the checkpoint of the epoch in progress
+right stage; ``--stop-after N`` ends a run cleanly after epoch N so that a long schedule
+can be trained in sittings. Ctrl-C saves the weights as the checkpoint of the epoch in progress
 (it is then counted as done) and exits cleanly; a killed process loses at most
 the epoch in progress, never a checkpoint (they are written to a temp file and renamed).
 """
