@@ -30,6 +30,7 @@ _HANDLERS = {
     "average": "braintumor.average:cli_average",
     "export": "braintumor.release:cli_export",
     "model-card": "braintumor.release:cli_model_card",
+    "runs": "braintumor.runs:cli_runs",
 }
 
 
@@ -194,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--mask-threshold", type=float, metavar="P",
                     help="DETECTION_MASK_THRESHOLD: outline the pixels whose mask probability is >= P (default: the run's)")
     ex.add_argument("--force", action="store_true", help="keep the release even if it is not equivalent to the checkpoint")
+
+    ru = sub.add_parser("runs", help="list the training runs in a logs folder with their progress and the "
+                                     "evaluations made of them, to compare runs")
+    ru.add_argument("--logs", default="logs", help="logs folder (default: logs)")
+    ru.add_argument("--evals", action="append", metavar="DIR",
+                    help="another folder to search for evaluation reports (metrics.json), e.g. out (repeatable)")
+    ru.add_argument("--name", help="only run folders whose name contains this")
+    ru.add_argument("--json", action="store_true", help="print JSON instead of Markdown tables")
 
     mc = sub.add_parser("model-card", help="print the released model's card as Markdown, or write it into the README")
     mc.add_argument("--release", help="release head file (default: the one in the models folder)")

@@ -704,7 +704,8 @@ def cli_evaluate(args) -> int:
             raise BrainTumorError(f"{folder}: not a folder")
         dataset, label = load_image_folder(folder), folder.name
     else:
-        dataset, label = load_split(resolve_data_dir(args.data), args.split), args.split
+        folder = resolve_data_dir(args.data)
+        dataset, label = load_split(folder, args.split), args.split
     free = None
     if tumor_free_dir:
         if not Path(tumor_free_dir).is_dir():
@@ -774,6 +775,7 @@ def cli_evaluate(args) -> int:
         results = evaluate_dataset(predictor, dataset, threshold, tumor_free_dataset=free, label=label,
                                    at_operating_point=at_op, flagged_min_confidence=flagged_min)
     results["weights"] = str(predictor.weights_path)
+    results["dataset"]["folder"] = str(folder)
     results["precision"] = getattr(predictor, "precision", None)
     if getattr(predictor, "image_score", None) is not None:
         results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"

@@ -273,6 +273,7 @@ def test_cli_evaluate_writes_metrics_next_to_checkpoint(fake_stack, capsys):
     assert seen["tumor_free_part"] == "held-out"  # never the slices training mixed in
     metrics = run / "eval_val" / "metrics.json"
     check_numbers(json.loads(metrics.read_text()))  # threshold 0.5 from the run folder's config.toml
+    assert json.loads(metrics.read_text())["dataset"]["folder"] == str(tmp / "data")  # which val set (braintumor runs)
     out = capsys.readouterr().out
     assert str(metrics) in out and "mask mAP@0.5" in out
 
