@@ -57,3 +57,4 @@ def test_the_training_notebook_is_what_its_generator_writes():
     built = tool.build()
     committed = nbformat.read(ROOT / "notebooks" / "01_train.ipynb", as_version=4)
     assert [(c.cell_type, c.source) for c in built.cells] == [(c.cell_type, c.source) for c in committed.cells]
+    assert [c.id for c in committed.cells] == [f"cell-{i:02d}" for i in range(len(committed.cells))]  # stable ids

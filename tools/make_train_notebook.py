@@ -177,7 +177,14 @@ cells = [
     md("## 8. What next\n\n- `braintumor evaluate --weights last --split val --tumor-free DIR` does the same "
        "evaluation on every image from the command line; `--source-size 225` repeats it with every image shrunk to "
        "225 px, to check that the model does not tell tumor from no tumor by sharpness (the tumor-free scans are "
-       "small).\n- `notebooks/02_detect.ipynb` (or `braintumor app`) puts a "
+       "small).\n- `braintumor runs` lists the runs in `logs/` with their progress, losses and every evaluation "
+       "made of them, to compare runs; a long run can be trained in sittings with `braintumor train ... "
+       "--stop-after N` and `--init last`.\n- The released model was not trained on the 202 thesis images alone: "
+       "the preset `resnet101_figshare` adds the Figshare slices (split by patient) and tumor-free slices as "
+       "sources of their own, and its stages (`resnet101_figshare_stage4`, `_stage6`, ...) went on from each "
+       "release; the README's *All runs at a glance* gives each run's settings and val figures. With the "
+       "`figshare` and `tumor_free` folders beside the dataset folder, `PRESET = \"resnet101_figshare\"` above "
+       "trains its first stage.\n- `notebooks/02_detect.ipynb` (or `braintumor app`) puts a "
        "checkpoint in the radiologist's hands."),
 ]
 
@@ -185,7 +192,10 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_train.ipyn
 
 
 def build():
-    """The notebook (nbformat v4), cells without outputs."""
+    """The notebook (nbformat v4), cells without outputs. Cell ids are the cells' places
+    (``cell-00``, ...), not random: writing the notebook again changes only what changed."""
+    for i, cell in enumerate(cells):
+        cell["id"] = f"cell-{i:02d}"
     return nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                       "language": "python"}})
 
