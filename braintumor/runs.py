@@ -84,7 +84,8 @@ def read_run(folder: Path) -> Run:
     run = Run(folder=folder)
     try:
         cfg = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8"))
-        run.name, run.seed, run.init = cfg.get("NAME"), cfg.get("SEED"), cfg.get("INIT")
+        run.name, run.seed = cfg.get("NAME"), cfg.get("SEED")
+        run.init = None if cfg.get("INIT") is None else str(cfg.get("INIT"))
         run.epochs_total, run.steps_per_epoch = cfg.get("EPOCHS"), cfg.get("STEPS_PER_EPOCH")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         run.problems.append(f"{folder / 'config.toml'}: unreadable ({e})")
