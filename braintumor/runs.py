@@ -29,9 +29,9 @@ from typing import Any
 
 from braintumor.errors import BrainTumorError
 from braintumor.paths import read_history
+from braintumor.release.demo import epoch_from_name
 
 _STAMP = re.compile(r"(\d{8}T\d{4})$")
-_EPOCH = re.compile(r"_(\d{4})\.h5$")
 
 
 @dataclass
@@ -95,7 +95,7 @@ def read_run(folder: Path) -> Run:
         rows = []
         run.problems.append(f"{folder / 'history.csv'}: unreadable ({e})")
     epochs = [int(r["epoch"]) for r in rows if str(r.get("epoch", "")).isdigit()]
-    checkpoints = [int(m.group(1)) for p in folder.glob("mask_rcnn_*.h5") if (m := _EPOCH.search(p.name))]
+    checkpoints = [e for p in folder.glob("mask_rcnn_*.h5") if (e := epoch_from_name(p)) is not None]
     run.epochs_done = max(epochs + checkpoints, default=0)
     run.train_seconds = sum(_float(r.get("epoch_seconds")) or 0.0 for r in rows)
     if rows:
@@ -122,9 +122,8 @@ def summarize_metrics(metrics: dict, path: Path) -> dict[str, Any]:
     """The figures of one ``metrics.json`` that a run is compared by (None where it has none)."""
     ds = metrics.get("dataset") or {}
     weights = str(metrics.get("weights") or "")
-    m = _EPOCH.search(weights)
     out: dict[str, Any] = {
-        "path": str(path), "weights": weights, "epoch": int(m.group(1)) if m else None,
+        "path": str(path), "weights": weights, "epoch": epoch_from_name(Path(weights)) if weights else None,
         "data": ds.get("folder") or None, "label": ds.get("label"), "n_images": ds.get("n_images"),
         "threshold": _float(metrics.get("threshold")), "threshold_from": metrics.get("threshold_from"),
         "precision": metrics.get("precision"),
