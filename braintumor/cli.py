@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tumor-free", help="folder of tumor-free images for image-level specificity")
     ev.add_argument("--tumor-free-part", choices=["held-out", "train", "all"], default="held-out",
                     help="which slices of --tumor-free to use (split by slice; training mixes in 'train')")
-    ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>)")
+    ev.add_argument("--out", help="output folder (default: <run folder>/eval_<split>, for a Figshare folder eval_<folder>_<split>)")
     ev.add_argument("--logs", default="logs", help="logs folder for --weights last")
     ev.add_argument("--min-confidence", type=float, help="override DETECTION_MIN_CONFIDENCE")
     ev.add_argument("--flagged-min-confidence", type=float, metavar="X",

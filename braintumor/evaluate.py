@@ -33,6 +33,7 @@ import numpy as np
 
 from braintumor import metrics as M
 from braintumor.errors import BrainTumorError
+from braintumor.figshare import is_figshare_folder
 from braintumor.image_score import VERDICTS, verdict
 
 EVAL_SCORE_FLOOR = 0.05  # detections below this score are not returned during evaluation
@@ -750,13 +751,15 @@ def cli_evaluate(args) -> int:
     window = getattr(args, "source_probe", None) == "window"
     if window:
         predictor = WindowProbePredictor(predictor)
+    # a Figshare folder's split gets its own default report folder: never the thesis split's of the same name
+    source = f"{folder.name}_" if not args.images and is_figshare_folder(folder) else ""
     suffix = (f"_at{source_size}px" if source_size else "") + ("_window" if window else "") + ("_flip" if flip else "")
     if args.out:
         out_dir = Path(args.out)
     elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
-        out_dir = Path("out") / f"eval_{Path(predictor.weights_path).stem}_{label}{suffix}"
+        out_dir = Path("out") / f"eval_{Path(predictor.weights_path).stem}_{source}{label}{suffix}"
     else:
-        out_dir = Path(predictor.weights_path).parent / f"eval_{label}{suffix}"
+        out_dir = Path(predictor.weights_path).parent / f"eval_{source}{label}{suffix}"
 
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"

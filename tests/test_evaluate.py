@@ -278,6 +278,20 @@ def test_cli_evaluate_writes_metrics_next_to_checkpoint(fake_stack, capsys):
     assert str(metrics) in out and "mask mAP@0.5" in out
 
 
+def test_a_figshare_folders_val_gets_its_own_default_report_folder(fake_stack):
+    from braintumor.cli import main
+
+    tmp, run, seen = fake_stack
+    fs = tmp / "figshare"
+    (fs / "images").mkdir(parents=True)
+    (fs / "annotations.json").write_text("{}")
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data")]) == 0
+    assert main(["evaluate", "--weights", "x.h5", "--data", str(fs)]) == 0
+    assert seen["data_dir"] == fs
+    thesis, figshare = (json.loads((run / d / "metrics.json").read_text()) for d in ("eval_val", "eval_figshare_val"))
+    assert thesis["dataset"]["folder"] == str(tmp / "data") and figshare["dataset"]["folder"] == str(fs)
+
+
 def test_cli_evaluate_min_confidence_and_out(fake_stack):
     from braintumor.cli import main
 
