@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from braintumor.errors import BrainTumorError
+from braintumor.paths import checkpoint_epoch
 
 COPIED = ("data.json", "run.json", "command.txt", "commit.txt")
 
@@ -82,7 +83,6 @@ def average_weights(members: Sequence[str | Path], out: str | Path, coefs: Seque
     from braintumor.mrcnn import MaskRCNN
     from braintumor.mrcnn.weights import save_weights_h5
     from braintumor.release import is_release, open_release, sha256_file
-    from braintumor.release.demo import epoch_from_name
     from braintumor.release.storage import load_model_weights, model_entries
 
     paths = [Path(m) for m in members]
@@ -113,14 +113,14 @@ def average_weights(members: Sequence[str | Path], out: str | Path, coefs: Seque
         log(f"  {ci:.4f} x {p}")
     for (key, v), t in zip(entries, total):
         v.assign(t.astype(np.asarray(v.numpy()).dtype))
-    epoch = None if is_release(base) else epoch_from_name(base)
+    epoch = None if is_release(base) else checkpoint_epoch(base)
     if is_release(base):
         (out / "config.toml").write_text(open_release(base).meta["config.toml"], encoding="utf-8")
     else:
         shutil.copyfile(base.parent / "config.toml", out / "config.toml")
         _copy_run_files(base, out, epoch)
     ckpt = out / f"mask_rcnn_{model.run_name}_{(epoch or 0):04d}.h5"
-    record = {"members": [{"path": str(p), "sha256": sha256_file(p), "epoch": None if is_release(p) else epoch_from_name(p),
+    record = {"members": [{"path": str(p), "sha256": sha256_file(p), "epoch": None if is_release(p) else checkpoint_epoch(p),
                            "coefficient": round(ci, 6)} for p, ci in zip(paths, c)],
               "base": str(base), "checkpoint": ckpt.name}
     save_weights_h5(model.keras_model, ckpt, epoch=epoch)

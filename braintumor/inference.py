@@ -7,7 +7,6 @@ settings the run used) and ``mask_rcnn_<name>_<epoch:04d>.h5`` checkpoints.
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,11 @@ import numpy as np
 
 from braintumor.config import Config
 from braintumor.errors import BrainTumorError
-from braintumor.paths import resolve_preset
-
-_RUN_RE = re.compile(r"(\d{8}T\d{4,6})$")
-_CKPT_RE = re.compile(r"^mask_rcnn_.*_(\d{4,})\.h5$")
+from braintumor.paths import RUN_DIR_RE, checkpoint_epoch, resolve_preset, run_stamp
 
 
 def _run_key(run_dir: Path) -> tuple:
-    m = _RUN_RE.search(run_dir.name)
-    return (m.group(1) if m else "", run_dir.stat().st_mtime)
-
-
-def _epoch_of(path: Path) -> int:
-    m = _CKPT_RE.match(path.name)
-    return int(m.group(1)) if m else -1
+    return (run_stamp(run_dir) or "", run_dir.stat().st_mtime)
 
 
 def find_run_dirs(logs: str | Path = "logs", name: str | None = None) -> list[Path]:
@@ -37,9 +27,9 @@ def find_run_dirs(logs: str | Path = "logs", name: str | None = None) -> list[Pa
     logs = Path(logs)
     if not logs.is_dir():
         return []
-    runs = [d for d in logs.iterdir() if d.is_dir() and _RUN_RE.search(d.name)]
+    runs = [d for d in logs.iterdir() if d.is_dir() and run_stamp(d)]
     if name is not None:
-        runs = [d for d in runs if d.name[: -len(_RUN_RE.search(d.name).group(1))] == name.lower()]
+        runs = [d for d in runs if RUN_DIR_RE.match(d.name).group("name") == name.lower()]
     return sorted(runs, key=_run_key, reverse=True)
 
 
@@ -47,8 +37,8 @@ def find_checkpoints(logs: str | Path = "logs") -> list[Path]:
     """Every ``mask_rcnn_*_NNNN.h5`` under ``logs/<run>/``: newest run first, highest epoch first."""
     out: list[Path] = []
     for run in find_run_dirs(logs):
-        out += sorted((p for p in run.glob("mask_rcnn_*.h5") if _CKPT_RE.match(p.name)),
-                      key=_epoch_of, reverse=True)
+        out += sorted((p for p in run.glob("mask_rcnn_*.h5") if checkpoint_epoch(p) is not None),
+                      key=checkpoint_epoch, reverse=True)
     return out
 
 

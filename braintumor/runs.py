@@ -20,7 +20,6 @@ line and skipped.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,11 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from braintumor.errors import BrainTumorError
-from braintumor.paths import read_history
-from braintumor.release.demo import epoch_from_name
-
-_STAMP = re.compile(r"(\d{8}T\d{4})$")
-
+from braintumor.paths import checkpoint_epoch, read_history, run_stamp
 
 @dataclass
 class Run:
@@ -95,7 +90,7 @@ def read_run(folder: Path) -> Run:
         rows = []
         run.problems.append(f"{folder / 'history.csv'}: unreadable ({e})")
     epochs = [int(r["epoch"]) for r in rows if str(r.get("epoch", "")).isdigit()]
-    checkpoints = [e for p in folder.glob("mask_rcnn_*.h5") if (e := epoch_from_name(p)) is not None]
+    checkpoints = [e for p in folder.glob("mask_rcnn_*.h5") if (e := checkpoint_epoch(p)) is not None]
     run.epochs_done = max(epochs + checkpoints, default=0)
     run.train_seconds = sum(_float(r.get("epoch_seconds")) or 0.0 for r in rows)
     if rows:
@@ -123,7 +118,7 @@ def summarize_metrics(metrics: dict, path: Path) -> dict[str, Any]:
     ds = metrics.get("dataset") or {}
     weights = str(metrics.get("weights") or "")
     out: dict[str, Any] = {
-        "path": str(path), "weights": weights, "epoch": epoch_from_name(Path(weights)) if weights else None,
+        "path": str(path), "weights": weights, "epoch": checkpoint_epoch(Path(weights)) if weights else None,
         "data": ds.get("folder") or None, "label": ds.get("label"), "n_images": ds.get("n_images"),
         "threshold": _float(metrics.get("threshold")), "threshold_from": metrics.get("threshold_from"),
         "precision": metrics.get("precision"),
@@ -163,8 +158,7 @@ def find_evaluations(roots: list[Path], problems: list[str]) -> list[dict[str, A
 
 
 def _sort_key(folder: Path) -> tuple:
-    m = _STAMP.search(folder.name)
-    return (m.group(1) if m else datetime.fromtimestamp(folder.stat().st_mtime).strftime("%Y%m%dT%H%M"), folder.name)
+    return (run_stamp(folder) or datetime.fromtimestamp(folder.stat().st_mtime).strftime("%Y%m%dT%H%M"), folder.name)
 
 
 def collect(logs: Path, evals: list[Path] | None = None, name: str | None = None) -> tuple[list[Run], list[str]]:

@@ -118,3 +118,23 @@ def test_missing_logs_folder_is_one_line(tmp_path, capsys):
     empty.mkdir()
     assert main(["runs", "--logs", str(empty)]) == 0
     assert capsys.readouterr().out.strip() == f"No training runs in {empty}."
+
+
+def test_run_folder_and_checkpoint_names_are_read_by_one_rule(tmp_path):
+    from braintumor.inference import find_checkpoints, find_run_dirs
+    from braintumor.paths import checkpoint_epoch, run_stamp
+
+    assert run_stamp(Path("logs/tumorfs1020261205T0203")) == "20261205T0203"
+    assert run_stamp("avg_det") is None and run_stamp("tumorfs10") is None
+    assert checkpoint_epoch(Path("run/mask_rcnn_tumorfs10_0022.h5")) == 22
+    assert checkpoint_epoch("mask_rcnn_tumor_12345.h5") == 12345
+    for other in ("mask_rcnn_tumor_22.h5", "tumorfs-resnet101-f6368f50.h5", "mask_rcnn_tumor_0022.h5.tmp", "x_0022.h5"):
+        assert checkpoint_epoch(other) is None, other
+    make_run(tmp_path, "tumorfs120261201T0900", "tumorfs1", 2, [5.0, 5.0], [3.0, 2.9])
+    ten = make_run(tmp_path, "tumorfs1020261205T0203", "tumorfs10", 3, [5.0] * 3, [3.0, 2.9, 2.8])
+    (ten / "mask_rcnn_tumorfs10_0003.h5.tmp").write_bytes(b"")  # an unfinished write is no checkpoint
+    (tmp_path / "avg_det").mkdir()
+    assert [d.name for d in find_run_dirs(tmp_path, "tumorfs10")] == ["tumorfs1020261205T0203"]
+    assert [d.name for d in find_run_dirs(tmp_path, "tumorfs1")] == ["tumorfs120261201T0900"]
+    assert [p.name for p in find_checkpoints(tmp_path)][:2] == ["mask_rcnn_tumorfs10_0003.h5", "mask_rcnn_tumorfs10_0002.h5"]
+    assert len(find_checkpoints(tmp_path)) == 5

@@ -44,6 +44,7 @@ from braintumor.mrcnn.precision import compute_scope
 from braintumor.mrcnn.proposals import ProposalLayer
 from braintumor.mrcnn.rpn import rpn_outputs
 from braintumor.mrcnn.targets import DetectionTargetLayer
+from braintumor.paths import CHECKPOINT_RE, RUN_DIR_RE, checkpoint_epoch
 
 # pooled into every detect() result as ``image_features``: the contract is braintumor.image_score's
 IMAGE_FEATURE_LAYERS = POOLED_LAYERS
@@ -59,8 +60,6 @@ LAYER_REGEX = {
     "detector": r"(mrcnn\_.*)|(rpn\_.*)",  # RPN + box/class/mask heads: backbone and FPN (image features) stay
 }
 
-_RUN_DIR_RE = re.compile(r"^(?P<name>.+?)(?P<stamp>\d{8}T\d{4})$")
-_CKPT_RE = re.compile(r"^mask_rcnn_(?P<name>.+)_(?P<epoch>\d{4,})\.h5$")
 
 
 class _SliceBoxes(layers.Layer):
@@ -318,8 +317,8 @@ class MaskRCNN:
         log_dir = self.model_dir / f"{self.run_name}{now:%Y%m%dT%H%M}"
         if model_path is not None:
             model_path = Path(model_path)
-            m = _CKPT_RE.match(model_path.name)
-            if m and m.group("name") == self.run_name and _RUN_DIR_RE.match(model_path.parent.name):
+            m = CHECKPOINT_RE.match(model_path.name)
+            if m and m.group("name") == self.run_name and RUN_DIR_RE.match(model_path.parent.name):
                 log_dir = model_path.parent
                 self.epoch = int(m.group("epoch"))
         self.log_dir = log_dir
@@ -334,12 +333,12 @@ class MaskRCNN:
         runs = []
         if self.model_dir.is_dir():
             for d in self.model_dir.iterdir():
-                m = _RUN_DIR_RE.match(d.name)
+                m = RUN_DIR_RE.match(d.name)
                 if d.is_dir() and m and m.group("name") == self.run_name:
                     runs.append(d)
         for run in sorted(runs, key=lambda d: d.name, reverse=True):
-            ckpts = sorted((p for p in run.glob(f"mask_rcnn_{self.run_name}_*.h5") if _CKPT_RE.match(p.name)),
-                           key=lambda p: int(_CKPT_RE.match(p.name).group("epoch")))
+            ckpts = sorted((p for p in run.glob(f"mask_rcnn_{self.run_name}_*.h5") if checkpoint_epoch(p) is not None),
+                           key=checkpoint_epoch)
             if ckpts:
                 return ckpts[-1]
         raise BrainTumorError(f"{self.model_dir}: no checkpoint of a '{self.run_name}' run found")

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from braintumor.errors import BrainTumorError
-from braintumor.paths import PROJECT_ROOT
+from braintumor.paths import PROJECT_ROOT, checkpoint_epoch
 from braintumor.release.calibration import render_lines as calibration_lines
-from braintumor.release.demo import epoch_from_name, release_training, training_steps
+from braintumor.release.demo import release_training, training_steps
 from braintumor.release.files import card_path, is_release
 
 CARD_START = "<!-- model-card:start -->"
@@ -60,7 +60,7 @@ def run_summary(ckpt: Path, config) -> dict[str, Any]:
     from braintumor.paths import read_history
 
     run = ckpt.parent
-    epoch = epoch_from_name(ckpt)
+    epoch = checkpoint_epoch(ckpt)
     rows = [r for r in read_history(run / "history.csv") if epoch is None or int(r["epoch"]) <= epoch]
     secs = [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds") not in (None, "")]
     out: dict[str, Any] = {

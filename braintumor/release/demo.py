@@ -7,14 +7,10 @@ import os
 from pathlib import Path
 
 from braintumor.errors import BrainTumorError
-from braintumor.release.files import _CKPT_EPOCH_RE, card_path, is_release
+from braintumor.paths import checkpoint_epoch
+from braintumor.release.files import card_path, is_release
 
 # =============================================================================== runs and demo models
-def epoch_from_name(path: Path) -> int | None:
-    m = _CKPT_EPOCH_RE.search(path.name)
-    return int(m.group(1)) if m else None
-
-
 def release_training(head: str | os.PathLike) -> dict:
     """The ``training`` section of a release's card ({} when the card is missing or unreadable)."""
     try:
@@ -40,7 +36,7 @@ def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0
             config = config_for_checkpoint(path)
         except BrainTumorError:
             return None
-    epoch = epoch_from_name(path)
+    epoch = checkpoint_epoch(path)
     if epoch is None:
         from braintumor.paths import read_history
 

@@ -31,7 +31,6 @@ DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
 
 _HEAD_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?)-(?P<sha>[0-9a-f]{8})\.h5$")
 _PART_RE = re.compile(r"^(?P<stem>.+-[0-9a-f]{8})\.part(?P<i>\d+)of(?P<n>\d+)\.h5$")
-_CKPT_EPOCH_RE = re.compile(r"_(\d{4,})\.h5$")
 
 
 # =============================================================================== where releases are
