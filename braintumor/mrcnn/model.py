@@ -61,7 +61,6 @@ LAYER_REGEX = {
 }
 
 
-
 class _SliceBoxes(layers.Layer):
     """``[B, D, 6]`` detections -> ``[B, D, 4]`` boxes."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from braintumor.errors import BrainTumorError
-from braintumor.paths import PROJECT_ROOT, checkpoint_epoch
+from braintumor.paths import PROJECT_ROOT, checkpoint_epoch, read_history
 from braintumor.release.calibration import render_lines as calibration_lines
 from braintumor.release.demo import release_training, training_steps
 from braintumor.release.files import card_path, is_release
@@ -57,8 +57,6 @@ def tumor_free_share(config) -> float:
 def run_summary(ckpt: Path, config) -> dict[str, Any]:
     """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data
     (and, for a weight average, its members: ``average``)."""
-    from braintumor.paths import read_history
-
     run = ckpt.parent
     epoch = checkpoint_epoch(ckpt)
     rows = [r for r in read_history(run / "history.csv") if epoch is None or int(r["epoch"]) <= epoch]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from braintumor.errors import BrainTumorError
-from braintumor.paths import checkpoint_epoch
+from braintumor.paths import checkpoint_epoch, read_history
 from braintumor.release.files import card_path, is_release
 
 # =============================================================================== runs and demo models
@@ -38,8 +38,6 @@ def training_steps(weights_path: str | os.PathLike, config=None, _depth: int = 0
             return None
     epoch = checkpoint_epoch(path)
     if epoch is None:
-        from braintumor.paths import read_history
-
         rows = read_history(path.parent / "history.csv")
         epoch = len(rows) if rows else None
     if epoch is None:
