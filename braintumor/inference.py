@@ -1,8 +1,8 @@
 """From a checkpoint to a ready detector: find checkpoints, pick their config, load once.
 
-Run folders are ``logs/<NAME><YYYYMMDDTHHMM>/`` and hold ``config.toml`` (the
-settings the run used) and ``mask_rcnn_<name>_<epoch:04d>.h5`` checkpoints.
-``--weights last`` means the newest checkpoint of the newest run folder.
+Run folders and checkpoints are named as :mod:`braintumor.paths` declares; a run folder's
+``config.toml`` holds the settings the run used. ``--weights last`` means the newest checkpoint
+of the newest run folder.
 """
 
 from __future__ import annotations
