@@ -153,11 +153,14 @@ def _speed(times: Sequence[float]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- metrics from records
-def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image_score) -> dict[str, Any] | None:
+def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image_score,
+                       slices: Sequence[str | None] | None = None) -> dict[str, Any] | None:
     """The verdicts of :mod:`braintumor.detect` on ``records`` (tumor and tumor-free images pooled):
     the image-level rule's sensitivity and specificity, and how many images of each kind get each
     verdict (``tumor``, ``suspected``, ``uncertain``, ``no_tumor``) with outlines at ``threshold``.
-    None when there is no head or a record has no ``image_features``."""
+    ``slices``: each record's slice key (:func:`braintumor.metrics.slice_counts`), so the tumor-free
+    images flagged are also counted per distinct slice. None when there is no head or a record has
+    no ``image_features``."""
     if image_score is None or not records or any(r.image_features is None for r in records):
         return None
     feats = np.stack([r.image_features for r in records])
@@ -175,6 +178,7 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
         "sensitivity": M.safe_ratio(int(flagged[tumor].sum()), int(tumor.sum())),
         "specificity": M.safe_ratio(int((~flagged[~tumor]).sum()), int((~tumor).sum())),
         "n_tumor_free_flagged": int(flagged[~tumor].sum()),
+        **_free_slices(records, slices, flagged, ~tumor),
         "verdicts": {v: {"tumor_images": int(((called == v) & tumor).sum()),
                          "tumor_free_images": int(((called == v) & ~tumor).sum())} for v in VERDICTS},
         "green_on_tumor_images": [r.name for r, v, t in zip(records, called, tumor) if t and v == "no_tumor"],
@@ -182,6 +186,17 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
                       for r, p, v in zip(records, prob, called)],
     }
     return out
+
+
+def _free_slices(records: Sequence[M.ImageRecord], slices: Sequence[str | None] | None,
+                 flagged: np.ndarray, free: np.ndarray) -> dict[str, int]:
+    """``n_tumor_free_slices`` and ``n_tumor_free_flagged_slices`` of the records where ``free`` is set."""
+    keys = list(slices) if slices is not None else [None] * len(records)
+    if len(keys) != len(records):
+        raise ValueError(f"{len(keys)} slice keys for {len(records)} records")
+    idx = np.flatnonzero(free)
+    c = M.slice_counts([records[i].name for i in idx], [keys[i] for i in idx], [bool(flagged[i]) for i in idx])
+    return {"n_tumor_free_slices": c["n_slices"], "n_tumor_free_flagged_slices": c["n_flagged_slices"]}
 
 
 def category_summary(records: Sequence[M.ImageRecord], groups: Sequence[str | None], threshold: float,
@@ -247,7 +262,8 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
                      free_records: Sequence[M.ImageRecord] = (), class_names: Sequence[str] = ("BG", "tumor"),
                      min_sensitivity: float = MIN_SENSITIVITY, image_score=None,
                      groups: Sequence[str | None] | None = None,
-                     flagged_min_confidence: float | None = None) -> dict[str, Any]:
+                     flagged_min_confidence: float | None = None,
+                     free_slices: Sequence[str | None] | None = None) -> dict[str, Any]:
     """All metrics of an annotated split (``records``) plus optional extra tumor-free images.
 
     Dice, COCO mAP and instance metrics use ``records`` only; image-level
@@ -259,13 +275,19 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
     as ``by_category`` (:func:`category_summary`). ``flagged_min_confidence``
     (``DETECTION_FLAGGED_MIN_CONFIDENCE``): on the images the head's rule flags, detections count down
     to it (:func:`outline_flagged`); the operating point and the threshold curves do not depend on it.
+    ``free_slices``: the slice each of ``free_records`` is a copy of (``load_tumor_free``'s ``slice``),
+    so the tumor-free images flagged are also counted per distinct slice (``n_slices``,
+    ``n_flagged_slices``; the split's own empty images are each their own slice).
     """
     t = float(min_confidence)
+    if free_slices is not None and len(free_slices) != len(free_records):
+        raise ValueError(f"{len(free_slices)} slice keys for {len(free_records)} tumor-free records")
     flagged_floor = float(flagged_min_confidence) if flagged_min_confidence and image_score is not None else None
     detector_alone = list(records) + list(free_records)  # without the floor: the operating point's figures
     records = outline_flagged(records, image_score, flagged_floor)
     free_records = outline_flagged(free_records, image_score, flagged_floor)
     pooled = list(records) + list(free_records)
+    pooled_slices = [None] * len(records) + (list(free_slices) if free_slices is not None else [None] * len(free_records))
     tumor = [r for r in pooled if r.has_tumor]
     free = [r for r in pooled if not r.has_tumor]
     have_curves = bool(tumor) and bool(free)
@@ -283,7 +305,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         "operating_point": None,
         "per_image": [r.row(t) for r in records],
         "curves": {"pr": M.pr_curve(records), "threshold": None},
-        "image_rule": image_rule_summary(pooled, t, image_score),
+        "image_rule": image_rule_summary(pooled, t, image_score, pooled_slices),
     }
     if groups is not None:
         if len(groups) != len(records):
@@ -298,6 +320,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         flagged = [r for r in free_records if r.outlined(t)]
         res["tumor_free"] = {
             "n_images": len(free_records), "n_flagged": len(flagged),
+            **M.slice_counts([r.name for r in free_records], free_slices, [r.outlined(t) for r in free_records]),
             "fp_per_image": M.safe_ratio(sum(int(r.kept(t).sum()) for r in free_records), len(free_records)),
             "flagged": [r.name for r in flagged],
             "per_image": [{"name": r.name, "n_det": int(r.kept(t).sum()), "max_score": round(r.max_score, 4)}
@@ -344,8 +367,10 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
     head = getattr(predictor, "image_score", None)
     groups = record_groups(records, dataset)
+    free_info = getattr(tumor_free_dataset, "image_info", None) or []
+    free_slices = [free_info[r.index].get("slice") if 0 <= r.index < len(free_info) else None for r in free_records]
     res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head, groups,
-                           flagged_min_confidence)
+                           flagged_min_confidence, free_slices)
     res["threshold_from"] = "given"
     if at_operating_point:
         op = res["operating_point"]
@@ -353,7 +378,7 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
             raise BrainTumorError(f"{label}: no operating point (it needs tumor and tumor-free images, and a "
                                   f"threshold reaching sensitivity {min_sensitivity:.2f}); give --min-confidence instead")
         res = evaluate_records(records, op["robust_threshold"], free_records, class_names, min_sensitivity, head,
-                               groups, flagged_min_confidence)
+                               groups, flagged_min_confidence, free_slices)
         res["threshold_from"] = "operating point"
     res["dataset"]["label"] = label
     res["speed"] = _speed(times)
@@ -436,7 +461,8 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
                 ("image specificity", f"{_fmt(img['specificity'])} (of {img['n_tumor_free_images']} tumor-free)")]
         if "tumor_free" in results:
             tf = results["tumor_free"]
-            rows.append(("tumor-free scans flagged", f"{tf['n_flagged']} of {tf['n_images']}"))
+            rows.append(("tumor-free scans flagged", f"{tf['n_flagged']} of {tf['n_images']}"
+                         + (f" ({tf['n_flagged_slices']} of {tf['n_slices']} distinct slices)" if "n_slices" in tf else "")))
         op = results.get("operating_point")
         if op and op.get("threshold") is not None:
             rows.append((f"operating point (sensitivity >= {op['min_sensitivity']:.2f})",
@@ -448,7 +474,8 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"image-level rule (detection >= {rule['confident_detection']:.2f} or head >= {rule['threshold']:.3f})",
                          f"sensitivity {_fmt(rule['sensitivity'])}" + (
                              f", specificity {_fmt(rule['specificity'])} ({rule['n_tumor_free_flagged']} of {free} "
-                             f"tumor-free flagged)" if free else "")))
+                             f"tumor-free flagged; {rule['n_tumor_free_flagged_slices']} of "
+                             f"{rule['n_tumor_free_slices']} distinct slices)" if free else "")))
             kinds = [("tumor images", "tumor_images")] + ([("tumor-free images", "tumor_free_images")] if free else [])
             for who, key in kinds:
                 rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",

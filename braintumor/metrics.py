@@ -400,6 +400,20 @@ def image_level(records: Sequence[ImageRecord], threshold: float) -> dict[str, A
     }
 
 
+def slice_counts(names: Sequence[str], slices: Sequence[str | None] | None,
+                 flagged: Sequence[bool]) -> dict[str, int]:
+    """How many distinct slices ``names`` show and how many of them are flagged.
+
+    ``slices[k]``: the slice image k is a copy of (a tumor-free folder repeats slices flipped and
+    re-windowed, :mod:`braintumor.tumor_free`); None (or no ``slices``) makes the image its own
+    slice. A slice counts as flagged when any of its copies is: the conservative count.
+    """
+    keys = [(s if s is not None else "\0" + n) for n, s in zip(names, slices or [None] * len(names))]
+    if len(keys) != len(names) or len(flagged) != len(names):
+        raise ValueError(f"{len(names)} images, {len(keys)} slice keys and {len(flagged)} flags")
+    return {"n_slices": len(set(keys)), "n_flagged_slices": len({k for k, f in zip(keys, flagged) if f})}
+
+
 def threshold_curves(tumor_max_scores: Sequence[float], free_max_scores: Sequence[float],
                      thresholds: Sequence[float] | None = None,
                      tumor_overlap_scores: Sequence[float] | None = None) -> dict[str, list]:

@@ -91,11 +91,10 @@ def slice_groups(images: list[np.ndarray], threshold: float = 0.92) -> np.ndarra
     return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
 
 
-def split_by_slice(paths: list[Path], held_out_fraction: float = 0.3, threshold: float = 0.92,
-                   salt: str = "braintumor") -> tuple[list[Path], list[Path]]:
-    """``(train, held_out)`` file lists; every group of copies lands on one side only.
+def group_files(paths: list[Path], threshold: float = 0.92) -> dict[str, list[Path]]:
+    """The copies of each slice: ``{slice key: sorted files}``, the key being the first file name of the group.
 
-    Unreadable files are left out of both sides (they are reported by whoever reads them).
+    Unreadable files are left out (they are reported by whoever reads them).
     """
     from braintumor.errors import BrainTumorError
     from braintumor.imageio import read_image
@@ -107,16 +106,32 @@ def split_by_slice(paths: list[Path], held_out_fraction: float = 0.3, threshold:
             kept.append(Path(p))
         except BrainTumorError:
             continue
-    groups = slice_groups(images, threshold)
-    train, held = [], []
     members: dict[int, list[Path]] = {}
-    for p, g in zip(kept, groups):
+    for p, g in zip(kept, slice_groups(images, threshold)):
         members.setdefault(int(g), []).append(p)
-    for files in members.values():
+    groups = [sorted(files, key=lambda f: f.name) for files in members.values()]
+    return {files[0].name: files for files in sorted(groups, key=lambda fs: fs[0].name)}
+
+
+def split_groups(groups: dict[str, list[Path]], held_out_fraction: float = 0.3,
+                 salt: str = "braintumor") -> tuple[list[Path], list[Path]]:
+    """``(train, held_out)`` file lists from :func:`group_files`' groups; each group lands on one side only,
+    decided by a hash of its file names."""
+    train, held = [], []
+    for files in groups.values():
         key = salt + "|" + "|".join(sorted(f.name for f in files))
         bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         (held if bucket < held_out_fraction else train).extend(files)
     return sorted(train), sorted(held)
+
+
+def split_by_slice(paths: list[Path], held_out_fraction: float = 0.3, threshold: float = 0.92,
+                   salt: str = "braintumor") -> tuple[list[Path], list[Path]]:
+    """``(train, held_out)`` file lists; every group of copies lands on one side only.
+
+    Unreadable files are left out of both sides (they are reported by whoever reads them).
+    """
+    return split_groups(group_files(paths, threshold), held_out_fraction, salt)
 
 
 PARTS = ("train", "held-out", "all")
@@ -126,7 +141,9 @@ def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")
     """A Dataset (0 instances per image) of one part of tumor-free folders, split by slice.
 
     folders: a folder or a list of folders; part: ``train`` (what training mixes in),
-    ``held-out`` (what evaluation measures specificity on) or ``all``.
+    ``held-out`` (what evaluation measures specificity on) or ``all``. Each image's info
+    carries ``slice``: the key of its group of copies (:func:`group_files`, prefixed by the
+    folder when there are several), so figures can be counted per distinct slice.
     """
     from braintumor.data import Dataset
     from braintumor.errors import BrainTumorError
@@ -142,10 +159,13 @@ def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")
         files = list_images(folder)
         if not files:
             raise BrainTumorError(f"{folder}: no image files")
+        groups = group_files(files)
+        prefix = f"{Path(folder).name}/" if len(folders) > 1 else ""
+        slice_of = {f: prefix + k for k, fs in groups.items() for f in fs}
         if part == "all":
             chosen = files
         else:
-            train, held = split_by_slice(files)
+            train, held = split_groups(groups)
             chosen = train if part == "train" else held
         for p in chosen:
             try:
@@ -153,5 +173,5 @@ def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")
             except BrainTumorError as e:
                 ds.add_problem(str(e), "error", "unreadable image")
                 continue
-            ds.add_image(p, h, w, [])
+            ds.add_image(p, h, w, [], slice=slice_of.get(Path(p)))
     return ds

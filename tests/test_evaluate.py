@@ -529,6 +529,34 @@ def test_the_image_level_rule_and_its_verdicts_are_reported():
     assert by["pituitary"]["sensitivity_any"] == 0.0  # the head flags what the detector missed
 
 
+def test_tumor_free_copies_are_also_counted_per_distinct_slice():
+    """The scenario's tumor-free images as two slices of two copies each (f0 = f1, f2 = f3), as
+    ``load_tumor_free`` marks them. At 0.5 only f0 is flagged: 1 of 2 slices; at 0.15 f0 and f1 are,
+    still one slice. The head's rule flags f1 (head "yes") and f0 (uncertain is not flagged): 1 of 2.
+    Without slice keys every image is its own slice."""
+    split, free, predictor = scenario()
+    for info, key in zip(free.image_info, ("f0.jpg", "f0.jpg", "f2.jpg", "f2.jpg")):
+        info["slice"] = key
+
+    res = E.evaluate_dataset(WithFeatures(predictor.predictions), split, 0.5, tumor_free_dataset=free, progress=False)
+    tf = res["tumor_free"]
+    assert (tf["n_images"], tf["n_flagged"], tf["n_slices"], tf["n_flagged_slices"]) == (4, 1, 2, 1)
+    rule = res["image_rule"]
+    assert (rule["n_tumor_free_flagged"], rule["n_tumor_free_slices"], rule["n_tumor_free_flagged_slices"]) == (1, 2, 1)
+    text = E.format_summary(res)
+    assert "1 of 4 (1 of 2 distinct slices)" in text and "1 of 4 tumor-free flagged; 1 of 2 distinct slices" in text
+    low = E.evaluate_dataset(scenario()[2], split, 0.15, tumor_free_dataset=free, progress=False)["tumor_free"]
+    assert (low["n_flagged"], low["n_flagged_slices"]) == (2, 1)
+    for info, key in zip(free.image_info, ("f0.jpg", "f1.jpg", "f1.jpg", "f3.jpg")):
+        info["slice"] = key
+    low = E.evaluate_dataset(scenario()[2], split, 0.15, tumor_free_dataset=free, progress=False)["tumor_free"]
+    assert (low["n_slices"], low["n_flagged_slices"]) == (3, 2)
+    for info in free.image_info:
+        del info["slice"]
+    plain = E.evaluate_dataset(scenario()[2], split, 0.15, tumor_free_dataset=free, progress=False)["tumor_free"]
+    assert (plain["n_slices"], plain["n_flagged_slices"]) == (4, 2)
+
+
 def test_images_the_head_flags_are_outlined_down_to_the_flagged_floor():
     """The scenario with a head saying "yes" on shifted, missed and f1, and a flagged floor of 0.15.
     By hand: missed (exact at 0.3) and f1 (0.2) are now outlined, perfect / shifted / f0 / f2 / f3

@@ -245,3 +245,15 @@ def test_to_jsonable_has_no_nan():
 def test_record_rejects_mask_of_wrong_size():
     with pytest.raises(ValueError, match="img"):
         M.ImageRecord.from_arrays("img", square(1, 1), [1], result(square(1, 1, h=32, w=32), [0.9]))
+
+
+def test_slice_counts_count_a_slice_once_and_flagged_if_any_copy_is():
+    from braintumor.metrics import slice_counts
+
+    names = ["a1", "a2", "b1", "c1", "d1"]
+    assert slice_counts(names, ["a", "a", "b", None, None], [False, True, False, True, False]) == {
+        "n_slices": 4, "n_flagged_slices": 2}
+    assert slice_counts(names, None, [True] * 5) == {"n_slices": 5, "n_flagged_slices": 5}
+    assert slice_counts([], None, []) == {"n_slices": 0, "n_flagged_slices": 0}
+    with pytest.raises(ValueError, match="slice keys"):
+        slice_counts(names, ["a"], [False] * 5)

@@ -73,6 +73,11 @@ def test_load_tumor_free_parts_are_disjoint_and_cover_the_folder(tmp_path: Path)
     assert names["train"] | names["held-out"] == names["all"] and len(names["all"]) == 18
     ds = load_tumor_free(tmp_path, "held-out")
     assert all(ds.load_mask(i)[0].shape[2] == 0 for i in ds.image_ids)
+    # each image names its slice: the copies of one slice share a key, distinct slices do not
+    every = load_tumor_free(tmp_path, "all").image_info
+    assert {i["name"]: i["slice"] for i in every} == {f"s{s}_{k}.png": f"s{s}_0.png" for s in range(6) for k in range(3)}
+    both = load_tumor_free([tmp_path, tmp_path], "all").image_info
+    assert len({i["slice"] for i in both}) == 6 and all(i["slice"] == f"{tmp_path.name}/{i['name'][:3]}0.png" for i in both)
     with pytest.raises(BrainTumorError, match="part"):
         load_tumor_free(tmp_path, "test")
     with pytest.raises(BrainTumorError, match="not found"):
