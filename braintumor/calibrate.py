@@ -43,7 +43,7 @@ def _cpu_model() -> str:
 
 def calibrate_records(records, free_records, head, class_names, sensitivity: float, groups=None,
                       floor: float = 0.05, flagged_min_confidence: float | None = None,
-                      head_sensitivity: float | None = None) -> tuple[dict[str, Any], Any]:
+                      head_sensitivity: float | None = None, free_slices=None) -> tuple[dict[str, Any], Any]:
     """The two thresholds from detections already made: ``(results at them, head with its new threshold)``.
 
     records / free_records: :class:`braintumor.metrics.ImageRecord` of the val split and of the
@@ -52,12 +52,14 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
     at the chosen operating point, with the recalibrated head's rule (and flagged images outlined down to
     ``flagged_min_confidence``, the release's ``DETECTION_FLAGGED_MIN_CONFIDENCE``). The operating point
     keeps ``sensitivity``; the head's threshold ``head_sensitivity`` (default ``sensitivity``), the
-    target its float32 threshold was chosen for.
+    target its float32 threshold was chosen for. ``free_slices``: each tumor-free record's slice
+    (:func:`braintumor.evaluate.record_slices`), so the flagged ones are also counted per distinct slice.
     """
     from braintumor.evaluate import evaluate_records
     from braintumor.image_score import choose_threshold
 
-    first = evaluate_records(records, floor, free_records, class_names, sensitivity, head, groups)
+    first = evaluate_records(records, floor, free_records, class_names, sensitivity, head, groups,
+                             free_slices=free_slices)
     op = first["operating_point"]
     if op is None or op.get("robust_threshold") is None:
         raise BrainTumorError(f"no operating point reaches sensitivity {sensitivity:.2f} on these images")
@@ -68,7 +70,7 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
     best = np.asarray([r.max_score for r in scans], np.float64)
     new_head = choose_threshold(head, feats, best, head_sensitivity or sensitivity, op["robust_threshold"])
     res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups,
-                           flagged_min_confidence)
+                           flagged_min_confidence, free_slices)
     res["threshold_from"] = "operating point"
     return res, new_head
 
@@ -90,7 +92,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
                       cpuinfo: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Calibrate the release ``weights`` (None: the one in ``models/``) and write the card; ``(card path, entry)``."""
     from braintumor.data import load_split
-    from braintumor.evaluate import EVAL_SCORE_FLOOR, collect_records, record_groups
+    from braintumor.evaluate import EVAL_SCORE_FLOOR, collect_records, record_groups, record_slices
     from braintumor.inference import Predictor, resolve_weights
     from braintumor.mrcnn.precision import BF16_FLAGS, cpu_bf16_flags
     from braintumor.release import is_release, metrics_summary, open_release
@@ -126,7 +128,8 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
     head_target = _head_target(release, sensitivity)
     res, new_head = calibrate_records(records, free_records, head, list(dataset.class_names), sensitivity,
                                       record_groups(records, dataset), EVAL_SCORE_FLOOR,
-                                      fp32.DETECTION_FLAGGED_MIN_CONFIDENCE, head_target)
+                                      fp32.DETECTION_FLAGGED_MIN_CONFIDENCE, head_target,
+                                      record_slices(free_records, free))
     res["dataset"]["label"] = split
     res["weights"] = path.name
     res["precision"] = precision

@@ -240,6 +240,13 @@ def record_groups(records: Sequence[M.ImageRecord], dataset) -> list[str | None]
     return out
 
 
+def record_slices(records: Sequence[M.ImageRecord], dataset) -> list[str | None]:
+    """Each record's slice key from ``dataset.image_info[record.index]["slice"]`` (a tumor-free folder's
+    copies of one slice share it, :func:`braintumor.tumor_free.load_tumor_free`; None where not given)."""
+    info = getattr(dataset, "image_info", None) or []
+    return [info[r.index].get("slice") if 0 <= r.index < len(info) else None for r in records]
+
+
 def outline_flagged(records: Sequence[M.ImageRecord], image_score, flagged_min_confidence: float | None
                     ) -> list[M.ImageRecord]:
     """``records`` with ``outline_floor = flagged_min_confidence`` on every image ``image_score``'s rule
@@ -367,8 +374,7 @@ def evaluate_dataset(predictor, dataset, min_confidence: float, tumor_free_datas
     class_names = list(getattr(dataset, "class_names", ["BG", "tumor"]))
     head = getattr(predictor, "image_score", None)
     groups = record_groups(records, dataset)
-    free_info = getattr(tumor_free_dataset, "image_info", None) or []
-    free_slices = [free_info[r.index].get("slice") if 0 <= r.index < len(free_info) else None for r in free_records]
+    free_slices = record_slices(free_records, tumor_free_dataset)
     res = evaluate_records(records, min_confidence, free_records, class_names, min_sensitivity, head, groups,
                            flagged_min_confidence, free_slices)
     res["threshold_from"] = "given"

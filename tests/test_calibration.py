@@ -178,6 +178,13 @@ def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
     res2, head2 = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95, head_sensitivity=0.975)
     assert res2["threshold"] == op and head2.threshold < new_head.threshold
     assert (head2.probability(np.stack([r.image_features for r in scans])) >= head2.threshold).sum() == 39
+    # the tumor-free records as 20 slices of 3 copies: the same figures, also counted per slice
+    assert rule["n_tumor_free_slices"] == 60 and res["tumor_free"]["n_slices"] == 60
+    res3, _ = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95, free_slices=[f"s{i // 3}" for i in range(60)])
+    assert res3["threshold"] == op and res3["image_rule"]["specificity"] == rule["specificity"]
+    assert res3["image_rule"]["n_tumor_free_slices"] == 20 and res3["tumor_free"]["n_slices"] == 20
+    flagged = {i // 3 for i, r in enumerate(free) if r.outlined(op)}
+    assert res3["tumor_free"]["n_flagged_slices"] == len(flagged) < res3["tumor_free"]["n_flagged"]
 
 
 def test_calibrate_records_needs_features_and_an_operating_point():
