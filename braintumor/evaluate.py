@@ -190,8 +190,11 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
 
 def _free_slices(records: Sequence[M.ImageRecord], slices: Sequence[str | None] | None,
                  flagged: np.ndarray, free: np.ndarray) -> dict[str, int]:
-    """``n_tumor_free_slices`` and ``n_tumor_free_flagged_slices`` of the records where ``free`` is set."""
-    keys = list(slices) if slices is not None else [None] * len(records)
+    """``n_tumor_free_slices`` and ``n_tumor_free_flagged_slices`` of the records where ``free`` is set;
+    nothing when no record has a slice key (then images are all there is to count)."""
+    if slices is None or all(k is None for k in slices):
+        return {}
+    keys = list(slices)
     if len(keys) != len(records):
         raise ValueError(f"{len(keys)} slice keys for {len(records)} records")
     idx = np.flatnonzero(free)
@@ -284,7 +287,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
     to it (:func:`outline_flagged`); the operating point and the threshold curves do not depend on it.
     ``free_slices``: the slice each of ``free_records`` is a copy of (``load_tumor_free``'s ``slice``),
     so the tumor-free images flagged are also counted per distinct slice (``n_slices``,
-    ``n_flagged_slices``; the split's own empty images are each their own slice).
+    ``n_flagged_slices``, given only with slice keys; the split's own empty images are each their own slice).
     """
     t = float(min_confidence)
     if free_slices is not None and len(free_slices) != len(free_records):
@@ -327,11 +330,13 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
         flagged = [r for r in free_records if r.outlined(t)]
         res["tumor_free"] = {
             "n_images": len(free_records), "n_flagged": len(flagged),
-            **M.slice_counts([r.name for r in free_records], free_slices, [r.outlined(t) for r in free_records]),
             "fp_per_image": M.safe_ratio(sum(int(r.kept(t).sum()) for r in free_records), len(free_records)),
             "flagged": [r.name for r in flagged],
             "per_image": [{"name": r.name, "n_det": int(r.kept(t).sum()), "max_score": round(r.max_score, 4)}
                           for r in free_records]}
+        if free_slices is not None and any(k is not None for k in free_slices):
+            res["tumor_free"].update(M.slice_counts([r.name for r in free_records], free_slices,
+                                                    [r.outlined(t) for r in free_records]))
     if have_curves:
         tumor_max = [r.max_score for r in tumor]
         free_max = [r.max_score for r in free]
@@ -477,11 +482,14 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
         rule = results.get("image_rule")
         if rule:
             free = rule["n_tumor_free_images"]
-            rows.append((f"image-level rule (detection >= {rule['confident_detection']:.2f} or head >= {rule['threshold']:.3f})",
-                         f"sensitivity {_fmt(rule['sensitivity'])}" + (
-                             f", specificity {_fmt(rule['specificity'])} ({rule['n_tumor_free_flagged']} of {free} "
-                             f"tumor-free flagged; {rule['n_tumor_free_flagged_slices']} of "
-                             f"{rule['n_tumor_free_slices']} distinct slices)" if free else "")))
+            text = f"sensitivity {_fmt(rule['sensitivity'])}"
+            if free:
+                slices = (f"; {rule['n_tumor_free_flagged_slices']} of {rule['n_tumor_free_slices']} distinct slices"
+                          if "n_tumor_free_slices" in rule else "")
+                text += (f", specificity {_fmt(rule['specificity'])} ({rule['n_tumor_free_flagged']} of {free} "
+                         f"tumor-free flagged{slices})")
+            rows.append((f"image-level rule (detection >= {rule['confident_detection']:.2f} or head >= "
+                         f"{rule['threshold']:.3f})", text))
             kinds = [("tumor images", "tumor_images")] + ([("tumor-free images", "tumor_free_images")] if free else [])
             for who, key in kinds:
                 rows.append((f"verdicts on {who} (tumor / suspected / uncertain / no tumor)",
