@@ -534,6 +534,10 @@ def test_the_card_reports_the_image_level_rule_and_its_verdicts(tmp_path):
     assert "0.951 / 0.931** (14 of 204 tumor-free flagged)" in text, text
     assert "| 55 / 3 / 3 / 0 |" in text and "| 13 / 1 / 96 / 94 |" in text and "≥ 0.95" in text
     assert "fitted on train 202 images" in text
+    # with the slices the copies belong to (evaluate with load_tumor_free), they are counted too
+    doc["image_rule"].update(n_tumor_free_slices=41, n_tumor_free_flagged_slices=5)
+    text = render_card_markdown({"val": metrics_summary(doc, "m.json")})
+    assert "0.951 / 0.931** (14 of 204 tumor-free flagged; 5 of 41 distinct slices)" in text, text
 
 
 def test_the_card_keeps_the_figures_per_tumor_type(tmp_path):

@@ -294,7 +294,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
             lines.append(f"| **image-level rule** (detection ≥ {_fmt(rule.get('confident_detection'), 2)} or head ≥ "
                          f"{_fmt(rule.get('threshold'))}): sensitivity / specificity | **{_fmt(rule.get('sensitivity'))} / "
                          f"{_fmt(rule.get('specificity'))}** ({_fmt(rule.get('n_tumor_free_flagged'))} of "
-                         f"{_fmt(rule.get('n_tumor_free_images'))} tumor-free flagged) |")
+                         f"{_fmt(rule.get('n_tumor_free_images'))} tumor-free flagged"
+                         + (f"; {_fmt(rule['n_tumor_free_flagged_slices'])} of {_fmt(rule['n_tumor_free_slices'])} "
+                            f"distinct slices" if rule.get("n_tumor_free_slices") is not None else "") + ") |")
             verdicts = rule.get("verdicts") or {}
             for who, key in (("tumor", "tumor_images"), ("tumor-free", "tumor_free_images")):
                 lines.append(f"| verdicts on {who} images: tumor / suspected / uncertain / no tumor | "
