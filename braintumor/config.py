@@ -52,11 +52,13 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "TUMOR_FREE_DIRS": ([], "folders of tumor-free images mixed into training as empty targets"),
     "TUMOR_FREE_FRACTION": (0.0, "share of training samples drawn from TUMOR_FREE_DIRS (0..0.9)"),
     "CLASS_MAP": ({}, "COCO category name -> class name (glioma = \"tumor\"); unmapped categories are skipped, counted"),
-    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT, CATEGORIES}: KIND split (VIA/COCO "
-                    "split folders), figshare or tumor_free; DIR relative to the --data folder's parent; WEIGHT: "
-                    "share of every epoch's samples; CATEGORIES: keep only images with an annotation of one of these "
-                    "COCO categories (e.g. [\"glioma\"], to give one tumor type its own share); empty = --data's "
-                    "train split (+ the TUMOR_FREE_DIRS mix)"),
+    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT, CATEGORIES, EXCLUDE_SLICES}: KIND "
+                    "split (VIA/COCO split folders), figshare or tumor_free; DIR relative to the --data folder's "
+                    "parent; WEIGHT: share of every epoch's samples; CATEGORIES: keep only images with an annotation "
+                    "of one of these COCO categories (e.g. [\"glioma\"], to give one tumor type its own share); "
+                    "EXCLUDE_SLICES (tumor_free only): leave out every copy of these slices (their keys, the first "
+                    "file name of each group of copies, e.g. \"no1002.jpg\"); empty = --data's train split (+ the "
+                    "TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
     # --- optimisation --------------------------------------------------------
     "LEARNING_RATE": (0.001, "SGD learning rate"),
@@ -149,7 +151,7 @@ def _positive_int(name, v):
 
 
 SOURCE_KINDS = ("split", "figshare", "tumor_free")
-SOURCE_KEYS = {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT", "CATEGORIES"}
+SOURCE_KEYS = {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT", "CATEGORIES", "EXCLUDE_SLICES"}
 
 
 def _check_sources(sources) -> None:
@@ -158,7 +160,8 @@ def _check_sources(sources) -> None:
     names = []
     for s in sources:
         if not isinstance(s, dict) or not {"NAME", "KIND", "WEIGHT"} <= set(s) or set(s) - SOURCE_KEYS:
-            raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT, CATEGORIES), "
+            raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT, CATEGORIES, "
+                              f"EXCLUDE_SLICES), "
                               f"got {s!r}")
         if s["KIND"] not in SOURCE_KINDS:
             raise ConfigError(f"SOURCES {s['NAME']!r}: KIND must be one of {SOURCE_KINDS}, got {s['KIND']!r}")
@@ -170,6 +173,11 @@ def _check_sources(sources) -> None:
                                  or not all(isinstance(c, str) and c for c in cats)):
             raise ConfigError(f"SOURCES {s['NAME']!r}: CATEGORIES must be a non-empty list of category names "
                               f"(not for KIND tumor_free), got {cats!r}")
+        ex = s.get("EXCLUDE_SLICES")
+        if ex is not None and (s["KIND"] != "tumor_free" or not isinstance(ex, list)
+                               or not all(isinstance(k, str) and k for k in ex)):
+            raise ConfigError(f"SOURCES {s['NAME']!r}: EXCLUDE_SLICES must be a list of slice keys (file names; "
+                              f"only for KIND tumor_free), got {ex!r}")
         names.append(s["NAME"])
     if len(set(names)) != len(names):
         raise ConfigError(f"SOURCES names must be unique, got {names}")

@@ -175,3 +175,27 @@ def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")
                 continue
             ds.add_image(p, h, w, [], slice=slice_of.get(Path(p)))
     return ds
+
+
+def without_slices(ds, keys, where: str):
+    """``ds`` (of :func:`load_tumor_free`) without every copy of the slices ``keys``, as a new Dataset.
+
+    A key matches an image's ``slice`` itself or, with several folders, its file-name part
+    (``"no1002.jpg"`` matches ``"tumor_free/no1002.jpg"``). A key that matches nothing is an error
+    naming ``where``: a misspelt key must not silently keep a slice in."""
+    from braintumor.errors import BrainTumorError
+
+    keys = list(keys)
+    if not keys:
+        return ds
+
+    def key_of(info):
+        k = info.get("slice") or ""
+        return {k, k.rsplit("/", 1)[-1]}
+
+    unknown = [k for k in keys if not any(k in key_of(i) for i in ds.image_info)]
+    if unknown:
+        raise BrainTumorError(f"{where}: EXCLUDE_SLICES names {', '.join(unknown)}, which is no slice of these "
+                              f"images (a slice's key is the first file name of its group of copies)")
+    drop = set(keys)
+    return ds.subset([i for i in ds.image_info if not key_of(i) & drop])

@@ -82,3 +82,44 @@ def test_load_tumor_free_parts_are_disjoint_and_cover_the_folder(tmp_path: Path)
         load_tumor_free(tmp_path, "test")
     with pytest.raises(BrainTumorError, match="not found"):
         load_tumor_free(tmp_path / "missing")
+
+
+def test_a_tumor_free_source_can_leave_out_slices(tmp_path: Path):
+    """``EXCLUDE_SLICES`` drops every copy of the named slices from the training negatives (matched
+    by slice key); the held-out part is untouched; a key that matches nothing is an error."""
+    from test_train import write_via_split
+
+    from braintumor.config import Config, ConfigError
+    from braintumor.errors import BrainTumorError
+    from braintumor.train import load_training_data
+
+    data = tmp_path / "data" / "brain_tumor_data"
+    write_via_split(data / "train", 4, seed=1)
+    write_via_split(data / "val", 2, seed=50)
+    free = tmp_path / "data" / "free"
+    free.mkdir()
+    for s in range(8):
+        for k, c in enumerate(_copies(_slice(300 + s))[:3]):
+            Image.fromarray(c).save(free / f"s{s}_{k}.png")
+
+    def load(**extra):
+        sources = [{"NAME": "thesis", "KIND": "split", "DIR": "brain_tumor_data", "WEIGHT": 0.5},
+                   {"NAME": "free", "KIND": "tumor_free", "DIR": "free", "WEIGHT": 0.5, **extra}]
+        train, _, held = load_training_data(Config({"STEPS_PER_EPOCH": 8, "SOURCES": sources}), data)
+        names = sorted(train.image_info[i]["name"] for i in train.image_ids if train.image_info[i]["source"] == "free")
+        return names, sorted(i["name"] for i in held.image_info)
+
+    names, held = load()
+    kept = sorted({n.split("_")[0] for n in names})
+    assert len(names) == 3 * len(kept) and len(kept) >= 2
+    dropped = [f"{kept[0]}_0.png", f"{kept[-1]}_0.png"]
+    fewer, held_after = load(EXCLUDE_SLICES=dropped)
+    assert fewer == [n for n in names if not n.startswith((kept[0] + "_", kept[-1] + "_"))]
+    assert held_after == held
+    with pytest.raises(BrainTumorError, match=r"training source 'free': EXCLUDE_SLICES names nope\.png"):
+        load(EXCLUDE_SLICES=[dropped[0], "nope.png"])
+    for bad in ("s0_0.png", [""], [3]):
+        with pytest.raises(ConfigError, match="EXCLUDE_SLICES must be a list of slice keys"):
+            Config({"SOURCES": [{"NAME": "a", "KIND": "tumor_free", "WEIGHT": 1, "EXCLUDE_SLICES": bad}]})
+    with pytest.raises(ConfigError, match="only for KIND tumor_free"):
+        Config({"SOURCES": [{"NAME": "a", "KIND": "split", "WEIGHT": 1, "EXCLUDE_SLICES": ["x.png"]}]})
