@@ -188,11 +188,16 @@ def image_rule_summary(records: Sequence[M.ImageRecord], threshold: float, image
     return out
 
 
+def _has_slices(slices: Sequence[str | None] | None) -> bool:
+    """Whether any record has a slice key (else images are all there is to count)."""
+    return slices is not None and any(k is not None for k in slices)
+
+
 def _free_slices(records: Sequence[M.ImageRecord], slices: Sequence[str | None] | None,
                  flagged: np.ndarray, free: np.ndarray) -> dict[str, int]:
     """``n_tumor_free_slices`` and ``n_tumor_free_flagged_slices`` of the records where ``free`` is set;
     nothing when no record has a slice key (then images are all there is to count)."""
-    if slices is None or all(k is None for k in slices):
+    if not _has_slices(slices):
         return {}
     keys = list(slices)
     if len(keys) != len(records):
@@ -334,7 +339,7 @@ def evaluate_records(records: Sequence[M.ImageRecord], min_confidence: float,
             "flagged": [r.name for r in flagged],
             "per_image": [{"name": r.name, "n_det": int(r.kept(t).sum()), "max_score": round(r.max_score, 4)}
                           for r in free_records]}
-        if free_slices is not None and any(k is not None for k in free_slices):
+        if _has_slices(free_slices):
             res["tumor_free"].update(M.slice_counts([r.name for r in free_records], free_slices,
                                                     [r.outlined(t) for r in free_records]))
     if have_curves:

@@ -193,7 +193,8 @@ def without_slices(ds, keys, where: str):
         k = info.get("slice") or ""
         return {k, k.rsplit("/", 1)[-1]}
 
-    unknown = [k for k in keys if not any(k in key_of(i) for i in ds.image_info)]
+    known = set().union(*(key_of(i) for i in ds.image_info))
+    unknown = [k for k in keys if k not in known]
     if unknown:
         raise BrainTumorError(f"{where}: EXCLUDE_SLICES names {', '.join(unknown)}, which is no slice of these "
                               f"images (a slice's key is the first file name of its group of copies)")
