@@ -52,12 +52,13 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "TUMOR_FREE_DIRS": ([], "folders of tumor-free images mixed into training as empty targets"),
     "TUMOR_FREE_FRACTION": (0.0, "share of training samples drawn from TUMOR_FREE_DIRS (0..0.9)"),
     "CLASS_MAP": ({}, "COCO category name -> class name (glioma = \"tumor\"); unmapped categories are skipped, counted"),
-    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT, CATEGORIES, EXCLUDE_SLICES}: KIND "
+    "SOURCES": ([], "training sources, each {NAME, KIND, DIR, SPLIT, WEIGHT, CATEGORIES, EXCLUDE_SLICES, SLICES}: KIND "
                     "split (VIA/COCO split folders), figshare or tumor_free; DIR relative to the --data folder's "
                     "parent; WEIGHT: share of every epoch's samples; CATEGORIES: keep only images with an annotation "
                     "of one of these COCO categories (e.g. [\"glioma\"], to give one tumor type its own share); "
                     "EXCLUDE_SLICES (tumor_free only): leave out every copy of these slices (their keys, the first "
-                    "file name of each group of copies, e.g. \"no1002.jpg\"); empty = --data's train split (+ the "
+                    "file name of each group of copies, e.g. \"no1002.jpg\"); SLICES (tumor_free only): keep only the "
+                    "copies of these slices (hard negatives with their own WEIGHT); empty = --data's train split (+ the "
                     "TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
     # --- optimisation --------------------------------------------------------
@@ -151,7 +152,7 @@ def _positive_int(name, v):
 
 
 SOURCE_KINDS = ("split", "figshare", "tumor_free")
-SOURCE_KEYS = {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT", "CATEGORIES", "EXCLUDE_SLICES"}
+SOURCE_KEYS = {"NAME", "KIND", "DIR", "SPLIT", "WEIGHT", "CATEGORIES", "EXCLUDE_SLICES", "SLICES"}
 
 
 def _check_sources(sources) -> None:
@@ -161,8 +162,7 @@ def _check_sources(sources) -> None:
     for s in sources:
         if not isinstance(s, dict) or not {"NAME", "KIND", "WEIGHT"} <= set(s) or set(s) - SOURCE_KEYS:
             raise ConfigError(f"every SOURCES entry needs NAME, KIND, WEIGHT (and optionally DIR, SPLIT, CATEGORIES, "
-                              f"EXCLUDE_SLICES), "
-                              f"got {s!r}")
+                              f"EXCLUDE_SLICES, SLICES), got {s!r}")
         if s["KIND"] not in SOURCE_KINDS:
             raise ConfigError(f"SOURCES {s['NAME']!r}: KIND must be one of {SOURCE_KINDS}, got {s['KIND']!r}")
         w = s["WEIGHT"]
@@ -173,11 +173,12 @@ def _check_sources(sources) -> None:
                                  or not all(isinstance(c, str) and c for c in cats)):
             raise ConfigError(f"SOURCES {s['NAME']!r}: CATEGORIES must be a non-empty list of category names "
                               f"(not for KIND tumor_free), got {cats!r}")
-        ex = s.get("EXCLUDE_SLICES")
-        if ex is not None and (s["KIND"] != "tumor_free" or not isinstance(ex, list)
-                               or not all(isinstance(k, str) and k for k in ex)):
-            raise ConfigError(f"SOURCES {s['NAME']!r}: EXCLUDE_SLICES must be a list of slice keys (file names; "
-                              f"only for KIND tumor_free), got {ex!r}")
+        for key in ("EXCLUDE_SLICES", "SLICES"):
+            ex = s.get(key)
+            if ex is not None and (s["KIND"] != "tumor_free" or not isinstance(ex, list) or (key == "SLICES" and not ex)
+                                   or not all(isinstance(k, str) and k for k in ex)):
+                raise ConfigError(f"SOURCES {s['NAME']!r}: {key} must be a {'non-empty ' if key == 'SLICES' else ''}"
+                                  f"list of slice keys (file names; only for KIND tumor_free), got {ex!r}")
         names.append(s["NAME"])
     if len(set(names)) != len(names):
         raise ConfigError(f"SOURCES names must be unique, got {names}")

@@ -188,7 +188,7 @@ def load_training_data(config: Config, data_dir: Path, source_overrides: dict[st
     (each folder from :func:`source_dir`), else ``data_dir``'s train split mixed with ``TUMOR_FREE_DIRS``;
     val is always ``data_dir``'s val split (the loss curve stays comparable between presets)."""
     from braintumor.data import load_split
-    from braintumor.tumor_free import load_tumor_free, without_slices
+    from braintumor.tumor_free import load_tumor_free, with_slices, without_slices
 
     val = load_split(data_dir, "val", class_names=config.CLASS_NAMES, class_map=config.CLASS_MAP)
     if config.SOURCES:
@@ -205,6 +205,8 @@ def load_training_data(config: Config, data_dir: Path, source_overrides: dict[st
                 ds = load_tumor_free(folders, "train", config.CLASS_NAMES)
                 if src.get("EXCLUDE_SLICES"):
                     ds = without_slices(ds, src["EXCLUDE_SLICES"], f"training source {src['NAME']!r}")
+                if src.get("SLICES"):
+                    ds = with_slices(ds, src["SLICES"], f"training source {src['NAME']!r}")
                 free_dirs += [str(f) for f in folders]
             else:
                 ds = load_split(folder, src.get("SPLIT", "train"), class_names=config.CLASS_NAMES,

@@ -177,26 +177,41 @@ def load_tumor_free(folders, part: str = "held-out", class_names=("BG", "tumor")
     return ds
 
 
-def without_slices(ds, keys, where: str):
-    """``ds`` (of :func:`load_tumor_free`) without every copy of the slices ``keys``, as a new Dataset.
+def _slice_matches(ds, keys, where: str, setting: str):
+    """For each image of ``ds`` (of :func:`load_tumor_free`), whether its slice is one of ``keys``.
 
     A key matches an image's ``slice`` itself or, with several folders, its file-name part
     (``"no1002.jpg"`` matches ``"tumor_free/no1002.jpg"``). A key that matches nothing is an error
-    naming ``where``: a misspelt key must not silently keep a slice in."""
+    naming ``where`` and ``setting``: a misspelt key must not silently keep or drop a slice."""
     from braintumor.errors import BrainTumorError
-
-    keys = list(keys)
-    if not keys:
-        return ds
 
     def key_of(info):
         k = info.get("slice") or ""
         return {k, k.rsplit("/", 1)[-1]}
 
-    known = set().union(*(key_of(i) for i in ds.image_info))
+    keys_of = [key_of(i) for i in ds.image_info]
+    known = set().union(*keys_of) if keys_of else set()
     unknown = [k for k in keys if k not in known]
     if unknown:
-        raise BrainTumorError(f"{where}: EXCLUDE_SLICES names {', '.join(unknown)}, which is no slice of these "
+        raise BrainTumorError(f"{where}: {setting} names {', '.join(unknown)}, which is no slice of these "
                               f"images (a slice's key is the first file name of its group of copies)")
-    drop = set(keys)
-    return ds.subset([i for i in ds.image_info if not key_of(i) & drop])
+    wanted = set(keys)
+    return [bool(k & wanted) for k in keys_of]
+
+
+def without_slices(ds, keys, where: str):
+    """``ds`` (of :func:`load_tumor_free`) without every copy of the slices ``keys`` (``EXCLUDE_SLICES``),
+    as a new Dataset; keys are matched as in :func:`_slice_matches`."""
+    keys = list(keys)
+    if not keys:
+        return ds
+    hit = _slice_matches(ds, keys, where, "EXCLUDE_SLICES")
+    return ds.subset([i for i, h in zip(ds.image_info, hit) if not h])
+
+
+def with_slices(ds, keys, where: str):
+    """Only the copies of the slices ``keys`` in ``ds`` (``SLICES``: e.g. the hard negatives a model
+    scores highest, given their own share of the samples), as a new Dataset; keys as in :func:`_slice_matches`."""
+    keys = list(keys)
+    hit = _slice_matches(ds, keys, where, "SLICES")
+    return ds.subset([i for i, h in zip(ds.image_info, hit) if h])

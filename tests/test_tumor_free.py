@@ -123,3 +123,51 @@ def test_a_tumor_free_source_can_leave_out_slices(tmp_path: Path):
             Config({"SOURCES": [{"NAME": "a", "KIND": "tumor_free", "WEIGHT": 1, "EXCLUDE_SLICES": bad}]})
     with pytest.raises(ConfigError, match="only for KIND tumor_free"):
         Config({"SOURCES": [{"NAME": "a", "KIND": "split", "WEIGHT": 1, "EXCLUDE_SLICES": ["x.png"]}]})
+
+
+def test_a_tumor_free_source_can_keep_only_named_slices(tmp_path: Path):
+    """``SLICES`` keeps every copy of the named slices and nothing else (hard negatives as a source of
+    their own, beside the whole pool); the held-out part is untouched; a key that matches nothing
+    is an error naming the setting; an empty list is a config error."""
+    from test_train import write_via_split
+
+    from braintumor.config import Config, ConfigError
+    from braintumor.errors import BrainTumorError
+    from braintumor.train import load_training_data
+
+    data = tmp_path / "data" / "brain_tumor_data"
+    write_via_split(data / "train", 4, seed=1)
+    write_via_split(data / "val", 2, seed=50)
+    free = tmp_path / "data" / "free"
+    free.mkdir()
+    for s in range(8):
+        for k, c in enumerate(_copies(_slice(300 + s))[:3]):
+            Image.fromarray(c).save(free / f"s{s}_{k}.png")
+
+    def load(hard):
+        sources = [{"NAME": "thesis", "KIND": "split", "DIR": "brain_tumor_data", "WEIGHT": 0.5},
+                   {"NAME": "free", "KIND": "tumor_free", "DIR": "free", "WEIGHT": 0.3},
+                   {"NAME": "hard", "KIND": "tumor_free", "DIR": "free", "WEIGHT": 0.2, "SLICES": hard}]
+        train, _, held = load_training_data(Config({"STEPS_PER_EPOCH": 10, "SOURCES": sources}), data)
+        by_source = {n: sorted(train.image_info[i]["name"] for i in train.image_ids if train.image_info[i]["source"] == n)
+                     for n in ("free", "hard")}
+        return by_source, train, sorted(i["name"] for i in held.image_info)
+
+    # the training part's slices (the split decides which of s0..s7 they are)
+    probe = [{"NAME": "free", "KIND": "tumor_free", "DIR": "free", "WEIGHT": 1.0}]
+    pool, _, _ = load_training_data(Config({"STEPS_PER_EPOCH": 4, "SOURCES": probe}), data)
+    kept = sorted({pool.image_info[i]["name"].split("_")[0] for i in pool.image_ids})
+    assert len(kept) >= 2
+    hard = [f"{kept[0]}_0.png", f"{kept[-1]}_0.png"]
+    by_source, train, held = load(hard)
+    assert by_source["hard"] == sorted(n for n in by_source["free"] if n.startswith((kept[0] + "_", kept[-1] + "_")))
+    assert len(by_source["hard"]) == 6 and len(by_source["free"]) == 3 * len(kept)
+    assert not {n.split("_")[0] for n in held} & set(kept)  # held-out slices stay out of both sources
+    assert [k for _, k in train.pass_pools] == [5, 3, 2]  # the hard slices get their own share of every pass
+    with pytest.raises(BrainTumorError, match=r"training source 'hard': SLICES names nope\.png"):
+        load([hard[0], "nope.png"])
+    for bad in ([], "s0_0.png", [""], [3]):
+        with pytest.raises(ConfigError, match="SLICES must be a non-empty list of slice keys"):
+            Config({"SOURCES": [{"NAME": "a", "KIND": "tumor_free", "WEIGHT": 1, "SLICES": bad}]})
+    with pytest.raises(ConfigError, match="only for KIND tumor_free"):
+        Config({"SOURCES": [{"NAME": "a", "KIND": "figshare", "WEIGHT": 1, "SLICES": ["x.png"]}]})
