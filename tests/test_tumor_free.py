@@ -84,14 +84,10 @@ def test_load_tumor_free_parts_are_disjoint_and_cover_the_folder(tmp_path: Path)
         load_tumor_free(tmp_path / "missing")
 
 
-def test_a_tumor_free_source_can_leave_out_slices(tmp_path: Path):
-    """``EXCLUDE_SLICES`` drops every copy of the named slices from the training negatives (matched
-    by slice key); the held-out part is untouched; a key that matches nothing is an error."""
+def _thesis_and_free(tmp_path: Path) -> Path:
+    """A tiny thesis split (4 train, 2 val) at data/brain_tumor_data and, beside it, data/free: 8 tumor-free
+    slices s0..s7 of 3 copies each (``s{slice}_{copy}.png``). Returns the thesis folder."""
     from test_train import write_via_split
-
-    from braintumor.config import Config, ConfigError
-    from braintumor.errors import BrainTumorError
-    from braintumor.train import load_training_data
 
     data = tmp_path / "data" / "brain_tumor_data"
     write_via_split(data / "train", 4, seed=1)
@@ -101,6 +97,17 @@ def test_a_tumor_free_source_can_leave_out_slices(tmp_path: Path):
     for s in range(8):
         for k, c in enumerate(_copies(_slice(300 + s))[:3]):
             Image.fromarray(c).save(free / f"s{s}_{k}.png")
+    return data
+
+
+def test_a_tumor_free_source_can_leave_out_slices(tmp_path: Path):
+    """``EXCLUDE_SLICES`` drops every copy of the named slices from the training negatives (matched
+    by slice key); the held-out part is untouched; a key that matches nothing is an error."""
+    from braintumor.config import Config, ConfigError
+    from braintumor.errors import BrainTumorError
+    from braintumor.train import load_training_data
+
+    data = _thesis_and_free(tmp_path)
 
     def load(**extra):
         sources = [{"NAME": "thesis", "KIND": "split", "DIR": "brain_tumor_data", "WEIGHT": 0.5},
@@ -129,20 +136,11 @@ def test_a_tumor_free_source_can_keep_only_named_slices(tmp_path: Path):
     """``SLICES`` keeps every copy of the named slices and nothing else (hard negatives as a source of
     their own, beside the whole pool); the held-out part is untouched; a key that matches nothing
     is an error naming the setting; an empty list is a config error."""
-    from test_train import write_via_split
-
     from braintumor.config import Config, ConfigError
     from braintumor.errors import BrainTumorError
     from braintumor.train import load_training_data
 
-    data = tmp_path / "data" / "brain_tumor_data"
-    write_via_split(data / "train", 4, seed=1)
-    write_via_split(data / "val", 2, seed=50)
-    free = tmp_path / "data" / "free"
-    free.mkdir()
-    for s in range(8):
-        for k, c in enumerate(_copies(_slice(300 + s))[:3]):
-            Image.fromarray(c).save(free / f"s{s}_{k}.png")
+    data = _thesis_and_free(tmp_path)
 
     def load(hard):
         sources = [{"NAME": "thesis", "KIND": "split", "DIR": "brain_tumor_data", "WEIGHT": 0.5},
