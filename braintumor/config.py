@@ -173,12 +173,12 @@ def _check_sources(sources) -> None:
                                  or not all(isinstance(c, str) and c for c in cats)):
             raise ConfigError(f"SOURCES {s['NAME']!r}: CATEGORIES must be a non-empty list of category names "
                               f"(not for KIND tumor_free), got {cats!r}")
-        for key in ("EXCLUDE_SLICES", "SLICES"):
-            ex = s.get(key)
-            if ex is not None and (s["KIND"] != "tumor_free" or not isinstance(ex, list) or (key == "SLICES" and not ex)
-                                   or not all(isinstance(k, str) and k for k in ex)):
-                raise ConfigError(f"SOURCES {s['NAME']!r}: {key} must be a {'non-empty ' if key == 'SLICES' else ''}"
-                                  f"list of slice keys (file names; only for KIND tumor_free), got {ex!r}")
+        for key, non_empty in (("EXCLUDE_SLICES", False), ("SLICES", True)):
+            keys = s.get(key)
+            if keys is not None and (s["KIND"] != "tumor_free" or not isinstance(keys, list) or (non_empty and not keys)
+                                     or not all(isinstance(k, str) and k for k in keys)):
+                raise ConfigError(f"SOURCES {s['NAME']!r}: {key} must be a {'non-empty ' if non_empty else ''}"
+                                  f"list of slice keys (file names; only for KIND tumor_free), got {keys!r}")
         names.append(s["NAME"])
     if len(set(names)) != len(names):
         raise ConfigError(f"SOURCES names must be unique, got {names}")

@@ -190,7 +190,7 @@ def _slice_matches(ds, keys, where: str, setting: str):
         return {k, k.rsplit("/", 1)[-1]}
 
     keys_of = [key_of(i) for i in ds.image_info]
-    known = set().union(*keys_of) if keys_of else set()
+    known = set().union(*keys_of)
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise BrainTumorError(f"{where}: {setting} names {', '.join(unknown)}, which is no slice of these "
