@@ -89,8 +89,11 @@ class ProposalCrops:
         return out.astype(np.float16), geom
 
 
-def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 0) -> dict:
-    """Cached crops of one split (module docstring); ``image`` indexes ``images`` ("source/kind/name")."""
+def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 0, source_size: int = 0) -> dict:
+    """Cached crops of one split (module docstring); ``image`` indexes ``images`` ("source/kind/name"). With
+    ``source_size``, every tumor image is first shown as a scan of that many pixels (``evaluate --source-size``)."""
+    from braintumor.evaluate import degrade_resolution
+
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
     rng = np.random.default_rng(seed)
@@ -102,7 +105,10 @@ def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 
             info = ds.image_info[i]
             cats = list(info.get("categories") or [])
             kind = cats[0] if len(cats) == 1 else ("none" if source == "tumor_free" else source)
-            r = pc.proposals(ds.load_image(i), np.asarray(ds.load_mask(i)[0], bool))
+            image = ds.load_image(i)
+            if source_size and source != "tumor_free":
+                image = degrade_resolution(image, source_size)
+            r = pc.proposals(image, np.asarray(ds.load_mask(i)[0], bool))
             if split == "train":
                 pos = np.flatnonzero(r["iou_refined"] >= 0.5)
                 neg = np.flatnonzero(r["iou_refined"] < 0.3)
@@ -191,24 +197,36 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=float, default=1.5)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--source-size", type=int, default=0,
+                    help="the shortcut probe: val tumor images shown as scans of this many pixels (needs --classifier)")
+    ap.add_argument("--classifier", default=None, help="a saved clf_*.keras: score val with it instead of training")
     ap.add_argument("--cache", default=str(ROOT / "logs/crop_rescore_probe"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
     cache = Path(args.cache)
     tag = f"s{args.size}_c{args.context:g}"
-    val_path = cache / f"val_{tag}.npz"
+    val_path = cache / f"val_{tag}{f'_src{args.source_size}' if args.source_size else ''}.npz"
     train_path = cache / f"train_{tag}_f{args.figshare_every}_t{args.tumor_free_every}.npz"
     t0 = time.perf_counter()
-    if not (val_path.is_file() and train_path.is_file()):
+    if args.source_size and not args.classifier:
+        raise SystemExit("--source-size scores val with a trained classifier: give --classifier clf_*.keras")
+    if not (val_path.is_file() and (args.classifier or train_path.is_file())):
         pc = ProposalCrops(load_predictor(str(weights), precision="float32").load(), args.size, args.context)
         parts = datasets(args.figshare_every, args.tumor_free_every)
-        collect(pc, parts["val"], "val", val_path)
-        collect(pc, parts["train"], "train", train_path)
-    val, train = dict(np.load(val_path)), dict(np.load(train_path))
-    print(f"crops: {len(train['score'])} training ({int((train['iou_refined'] >= 0.5).sum())} positive), "
-          f"{len(val['score'])} val, {time.perf_counter() - t0:.0f} s", flush=True)
+        collect(pc, parts["val"], "val", val_path, source_size=args.source_size)
+        if not args.classifier:
+            collect(pc, parts["train"], "train", train_path)
+    val = dict(np.load(val_path))
     t1 = time.perf_counter()
-    clf = train_classifier(train, args.size, args.epochs, args.seed)
+    if args.classifier:
+        import keras
+
+        clf, train = keras.models.load_model(args.classifier), {"score": []}
+    else:
+        train = dict(np.load(train_path))
+        print(f"crops: {len(train['score'])} training ({int((train['iou_refined'] >= 0.5).sum())} positive), "
+              f"{len(val['score'])} val, {time.perf_counter() - t0:.0f} s", flush=True)
+        clf = train_classifier(train, args.size, args.epochs, args.seed)
     fit_s = time.perf_counter() - t1
     s_crop = clf.predict([val["crops"].astype(np.float32)[..., None], val["geom"]], batch_size=512,
                          verbose=0)[:, 0].astype(np.float64)
@@ -222,9 +240,12 @@ def main(argv=None) -> int:
     for name, row in rows.items():
         print(f"{name:>16} " + " ".join(f"{row[k]:>20.4g}" if isinstance(row[k], float) else f"{row[k]:>20d}"
                                         for k in keys))
-    out = cache / f"report_{tag}_e{args.epochs}_s{args.seed}.json"
+    if args.classifier:
+        out = cache / f"report_{Path(args.classifier).stem}_src{args.source_size}.json"
+    else:
+        out = cache / f"report_{tag}_e{args.epochs}_s{args.seed}.json"
+        clf.save(cache / f"clf_{tag}_e{args.epochs}_s{args.seed}.keras")
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    clf.save(cache / f"clf_{tag}_e{args.epochs}_s{args.seed}.keras")
     print(f"written {out}")
     return 0
 
