@@ -102,27 +102,44 @@ def collect(pf: ProposalFeatures, parts: list, split: str, path: Path, seed: int
     t0 = time.perf_counter()
     for source, ds, ids in parts:
         for i in ids:
-            info = ds.image_info[i]
-            cats = list(info.get("categories") or [])
-            kind = cats[0] if len(cats) == 1 else ("none" if source == "tumor_free" else source)
             masks = np.asarray(ds.load_mask(i)[0], bool)
             r = pf(ds.load_image(i), masks)
             if split == "train":
-                pos = np.flatnonzero(r["iou"] >= 0.5)
-                neg = np.flatnonzero(r["iou"] < 0.5)
-                pos = rng.choice(pos, min(POS_CAP, len(pos)), replace=False) if len(pos) else pos
-                top = neg[np.argsort(-r["score"][neg])[:NEG_TOP]]
-                rest = np.setdiff1d(neg, top)
-                keep = np.concatenate([pos, top, rng.choice(rest, min(NEG_RANDOM, len(rest)), replace=False)])
+                keep = training_rows(r["iou"], r["score"], rng, POS_CAP, NEG_TOP, NEG_RANDOM, neg_below=0.5)
             else:
                 keep = np.arange(len(r["score"]))
             for k in ("score", "iou", "iou_refined"):
                 rows[k].append(r[k][keep].astype(np.float32))
             rows["feats"].append(r["feats"][keep].astype(np.float16))
             rows["image"].append(np.full(len(keep), len(images), np.int32))
-            images.append(f"{source}/{kind}/{Path(str(info.get('path', info.get('name', i)))).name}")
+            images.append(image_name(source, ds, i))
             if len(images) % 100 == 0:
                 print(f"  {split}: {len(images)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    return save_rows(rows, images, path)
+
+
+def image_name(source: str, ds, image_id) -> str:
+    """``"source/kind/file"``: kind is the Figshare tumor type, ``none`` for a tumor-free image, else the source."""
+    info = ds.image_info[image_id]
+    cats = list(info.get("categories") or [])
+    kind = cats[0] if len(cats) == 1 else ("none" if source == "tumor_free" else source)
+    return f"{source}/{kind}/{Path(str(info.get('path', info.get('name', image_id)))).name}"
+
+
+def training_rows(iou: np.ndarray, score: np.ndarray, rng, pos_cap: int, neg_top: int, neg_random: int,
+                  neg_below: float) -> np.ndarray:
+    """Indices of one image's training proposals: up to ``pos_cap`` positives (IoU >= 0.5) at random, and of the
+    negatives (IoU < ``neg_below``) the ``neg_top`` the release scores highest plus ``neg_random`` at random."""
+    pos = np.flatnonzero(iou >= 0.5)
+    neg = np.flatnonzero(iou < neg_below)
+    pos = rng.choice(pos, min(pos_cap, len(pos)), replace=False) if len(pos) else pos
+    top = neg[np.argsort(-score[neg])[:neg_top]]
+    rest = np.setdiff1d(neg, top)
+    return np.concatenate([pos, top, rng.choice(rest, min(neg_random, len(rest)), replace=False)])
+
+
+def save_rows(rows: dict[str, list], images: list[str], path: Path) -> dict:
+    """Concatenate the per-image lists, add ``images``, write ``path`` atomically; returns the arrays."""
     out = {k: np.concatenate(v) for k, v in rows.items()}
     out["images"] = np.array(images)
     path.parent.mkdir(parents=True, exist_ok=True)

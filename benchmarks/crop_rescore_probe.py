@@ -92,6 +92,8 @@ class ProposalCrops:
 def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 0, source_size: int = 0) -> dict:
     """Cached crops of one split (module docstring); ``image`` indexes ``images`` ("source/kind/name"). With
     ``source_size``, every tumor image is first shown as a scan of that many pixels (``evaluate --source-size``)."""
+    from class_logit_probe import image_name, save_rows, training_rows
+
     from braintumor.evaluate import degrade_resolution
 
     if path.is_file():
@@ -102,20 +104,12 @@ def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 
     t0 = time.perf_counter()
     for source, ds, ids in parts:
         for i in ids:
-            info = ds.image_info[i]
-            cats = list(info.get("categories") or [])
-            kind = cats[0] if len(cats) == 1 else ("none" if source == "tumor_free" else source)
             image = ds.load_image(i)
             if source_size and source != "tumor_free":
                 image = degrade_resolution(image, source_size)
             r = pc.proposals(image, np.asarray(ds.load_mask(i)[0], bool))
             if split == "train":
-                pos = np.flatnonzero(r["iou_refined"] >= 0.5)
-                neg = np.flatnonzero(r["iou_refined"] < 0.3)
-                pos = rng.choice(pos, min(POS_CAP, len(pos)), replace=False) if len(pos) else pos
-                top = neg[np.argsort(-r["score"][neg])[:NEG_TOP]]
-                rest = np.setdiff1d(neg, top)
-                keep = np.concatenate([pos, top, rng.choice(rest, min(NEG_RANDOM, len(rest)), replace=False)])
+                keep = training_rows(r["iou_refined"], r["score"], rng, POS_CAP, NEG_TOP, NEG_RANDOM, neg_below=0.3)
             else:
                 keep = np.argsort(-r["score"])[:VAL_TOP]
             crops, geom = pc.crops(r["molded"], r["refined"][keep])
@@ -124,16 +118,10 @@ def collect(pc: ProposalCrops, parts: list, split: str, path: Path, seed: int = 
             for k in ("score", "iou_refined"):
                 rows[k].append(r[k][keep].astype(np.float32))
             rows["image"].append(np.full(len(keep), len(images), np.int32))
-            images.append(f"{source}/{kind}/{Path(str(info.get('path', info.get('name', i)))).name}")
+            images.append(image_name(source, ds, i))
             if len(images) % 100 == 0:
                 print(f"  {split}: {len(images)} images, {time.perf_counter() - t0:.0f} s", flush=True)
-    out = {k: np.concatenate(v) for k, v in rows.items()}
-    out["images"] = np.array(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
-    return out
+    return save_rows(rows, images, path)
 
 
 def build_classifier(size: int, widths=(16, 32, 64, 128)):
