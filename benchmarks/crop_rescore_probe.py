@@ -18,11 +18,12 @@ looks at each proposal's refined box with some context, at the molded image's re
   tumor" at refined-box IoU >= 0.5, and the operating point is chosen as ``evaluate`` chooses it
   (``class_logit_probe.simulate``).
 
-Rows: the release's score; the crop score alone; their geometric mean; their product.
+Rows: the release's score; the crop score alone; their geometric mean; their product. ``--after-nms`` runs the
+CNN on the detection layer's own regions instead and reports Dice and mask mAP@0.5 (``after_nms``).
 
     .venv/bin/python benchmarks/crop_rescore_probe.py [--weights models/<release>.h5] [--epochs 8] [--seed 0]
 
-Crops are cached in ``--cache`` (float16); writes ``report.json`` there.
+Crops are cached in ``--cache`` (float16); writes ``report_*.json``, ``clf_*.keras`` and ``after_nms_*.json`` there.
 """
 from __future__ import annotations
 
@@ -188,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source-size", type=int, default=0,
                     help="the shortcut probe: val tumor images shown as scans of this many pixels (needs --classifier)")
     ap.add_argument("--classifier", default=None, help="a saved clf_*.keras: score val with it instead of training")
+    ap.add_argument("--after-nms", action="store_true",
+                    help="with --classifier: score the detection layer's own regions and report Dice and mask mAP")
     ap.add_argument("--cache", default=str(ROOT / "logs/crop_rescore_probe"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
@@ -196,6 +199,11 @@ def main(argv=None) -> int:
     val_path = cache / f"val_{tag}{f'_src{args.source_size}' if args.source_size else ''}.npz"
     train_path = cache / f"train_{tag}_f{args.figshare_every}_t{args.tumor_free_every}.npz"
     t0 = time.perf_counter()
+    if args.after_nms:
+        if not args.classifier:
+            raise SystemExit("--after-nms scores with a trained classifier: give --classifier clf_*.keras")
+        after_nms(weights, args.classifier, args.size, args.context, cache / f"after_nms_{Path(args.classifier).stem}.json")
+        return 0
     if args.source_size and not args.classifier:
         raise SystemExit("--source-size scores val with a trained classifier: give --classifier clf_*.keras")
     if not (val_path.is_file() and (args.classifier or train_path.is_file())):
@@ -236,6 +244,71 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"written {out}")
     return 0
+
+
+
+def after_nms(weights: Path, classifier: str, size: int, context: float, out: Path) -> dict:
+    """The CNN on the detection layer's own output, as a built scorer would see it: ``detect()`` down to 0.05
+    with every region kept, each region's crop scored, then the best region plus others >= 0.95 kept by the
+    release's score or by sqrt(score x CNN); Dice and mask mAP@0.5 as ``evaluate`` computes them, at each
+    ranking's own operating point (chosen on the thesis val scans and the held-out tumor-free slices)."""
+    import keras
+
+    from class_logit_probe import datasets
+
+    from braintumor import metrics as M
+    from braintumor.inference import load_predictor
+    from braintumor.mrcnn.inputs import keep_best_and_strong, mold_inputs
+
+    clf = keras.models.load_model(classifier)
+    predictor = load_predictor(str(weights), min_confidence=0.05, precision="float32")
+    predictor.config.DETECTION_SECONDARY_MIN_CONFIDENCE = 0.0  # every region; the rule is applied below
+    pc = ProposalCrops(predictor.load(), size, context)
+    recs: dict[str, dict[str, list]] = {"release": {}, "combined": {}}
+    t0 = time.perf_counter()
+    n = 0
+    for source, ds, ids in datasets(2, 2)["val"]:
+        for i in ids:
+            image = ds.load_image(i)
+            masks, class_ids = ds.load_mask(i)
+            r = predictor.detect([image])[0]
+            molded, _, infos = mold_inputs([image], predictor.config)
+            info, (mh, mw) = infos[0], infos[0].molded_shape[:2]
+            boxes = r["rois"].astype(np.float32) * info.scale + np.array(info.window[:2] * 2, np.float32)
+            boxes = boxes / np.array([mh, mw, mh, mw], np.float32)
+            crops, geom = pc.crops(molded, boxes)
+            s_crop = (clf.predict([crops.astype(np.float32)[..., None], geom], verbose=0)[:, 0]
+                      if len(boxes) else np.zeros(0))
+            kind = image_name_kind(source, ds, i)
+            for name, scores in (("release", r["scores"]), ("combined", np.sqrt(r["scores"] * s_crop))):
+                rr = keep_best_and_strong({**r, "scores": np.asarray(scores, np.float32)}, 0.95)
+                rec = M.ImageRecord.from_arrays(f"{source}/{i}", np.asarray(masks, bool), np.asarray(class_ids), rr)
+                recs[name].setdefault(kind, []).append(rec)
+            n += 1
+            if n % 100 == 0:
+                print(f"  {n} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    report = {}
+    for name, by in recs.items():
+        free = [r.max_score for r in by["none"]]
+        op = float(M.choose_operating_point([r.max_score for r in by["thesis"]], free)["robust_threshold"])
+        row = {"operating_point": op, "tumor_free_flagged": int(sum(f >= op for f in free))}
+        for kind in ("thesis", "meningioma", "glioma", "pituitary"):
+            row[f"{kind}_dice"] = M.segmentation_summary(by[kind], op)["dice_mean"]
+        fs = by["meningioma"] + by["glioma"] + by["pituitary"]
+        row["figshare_dice"] = M.segmentation_summary(fs, op)["dice_mean"]
+        row["thesis_mask_map50"] = M.coco_map(by["thesis"])["segm"]["map50"]
+        row["figshare_outlined"] = int(sum(r.max_score >= op for r in fs))
+        report[name] = row
+        print(name, json.dumps(row), flush=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def image_name_kind(source: str, ds, image_id) -> str:
+    """``thesis``, ``none`` (tumor-free) or the Figshare tumor type."""
+    from class_logit_probe import image_name
+
+    return image_name(source, ds, image_id).split("/")[1]
 
 
 if __name__ == "__main__":
