@@ -120,6 +120,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
     fp32 = release.config()
     cfg = fp32.replace(PRECISION=precision, DETECTION_MIN_CONFIDENCE=EVAL_SCORE_FLOOR, IMAGES_PER_GPU=1, GPU_COUNT=1)
     predictor = Predictor(path, cfg, threshold=fp32.DETECTION_MIN_CONFIDENCE)
+    predictor.region_score = release.region_score()  # its regions re-scored as the release re-scores them
     print(f"calibrating {path.name} for {precision} on {split} ({len(dataset)} images + {len(free)} tumor-free)",
           flush=True)
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ _HANDLERS = {
     "detect": "braintumor.detect:cli_detect",
     "app": "braintumor.app:cli_app",
     "fit-image-score": "braintumor.fit_image_score:cli_fit_image_score",
+    "fit-region-score": "braintumor.fit_region_score:cli_fit_region_score",
     "calibrate": "braintumor.calibrate:cli_calibrate",
     "average": "braintumor.average:cli_average",
     "export": "braintumor.release:cli_export",
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--image-score", metavar="FILE.json",
                     help="image-level head of braintumor fit-image-score (default: the release's own, if it has one)")
+    ev.add_argument("--region-score", metavar="FILE.h5",
+                    help="region scorer of braintumor fit-region-score: each region's score becomes the combined one "
+                         "(default: the release's own, if it has one)")
+    ev.add_argument("--region-weight", type=float, metavar="W",
+                    help="with a region scorer: combined = detector^(1-W) x region^W (default: the scorer's own)")
     ev.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], help=PRECISION_HELP)
     ev.add_argument("--source-probe", choices=["window"],
                     help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
@@ -135,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--config", help="preset (default: the config.toml of the checkpoint's run folder); e.g. the run's "
                                      "config with PRECISION = \"float32\", as the release computes")
     fi.add_argument("--data", help="dataset folder: train (fit) and val (threshold)")
-    fi.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its 'train' slices are fitted)")
+    fi.add_argument("--tumor-free", help="folder of tumor-free images (its 'train' slices are fitted; needed unless "
+                                         "--threshold-of)")
     fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too")
     fi.add_argument("--figshare-sample", type=int, default=200, metavar="N", help="Figshare train slices used (default 200; 1537 or more: all of them)")
     fi.add_argument("--figshare-seed", type=int, default=0, help="seed of that sample (default 0)")
@@ -145,9 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--confident-detection", type=float, default=0.9,
                     help="a detection scoring at least this flags the image by itself (default 0.9)")
     fi.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity the threshold keeps (default 0.95)")
+    fi.add_argument("--threshold-of", metavar="HEAD.json|model",
+                    help="keep this head (a file, or 'model': the release's own) and choose only its threshold again "
+                         "on val, e.g. for detections re-scored by --region-score")
+    fi.add_argument("--region-score", metavar="FILE.h5",
+                    help="region scorer of braintumor fit-region-score: each image's best score is the combined one")
     fi.add_argument("--operating-point", type=float, metavar="T",
                     help="the model's operating point: the threshold is also low enough that no val scan without "
                          "a detection at T goes unflagged (no green 'no tumor' on a val tumor scan)")
+
+    fr = sub.add_parser("fit-region-score", help="fit a model's region scorer, a second opinion on each region's pixels "
+                                                 "(for evaluate/export --region-score)")
+    fr.add_argument("--weights", help="checkpoint or release (default: the released model in models/)")
+    fr.add_argument("--config", help="preset (default: the config.toml of the checkpoint's run folder)")
+    fr.add_argument("--logs", default="logs", help="logs folder with checkpoints")
+    fr.add_argument("--data", help="dataset folder: its train split is fitted (default: the thesis data)")
+    fr.add_argument("--figshare", help="Figshare folder: its train blocks are fitted too")
+    fr.add_argument("--tumor-free", help="folder of tumor-free images: its 'train' slices are fitted too")
+    fr.add_argument("--figshare-every", type=int, default=2, metavar="N", help="every N-th Figshare train slice (default 2)")
+    fr.add_argument("--tumor-free-every", type=int, default=2, metavar="N", help="every N-th tumor-free train image (default 2)")
+    fr.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    fr.add_argument("--context", type=float, default=1.5, help="crop side / the region box's longer side (default 1.5)")
+    fr.add_argument("--epochs", type=int, default=8, help="passes over the training regions (default 8)")
+    fr.add_argument("--seed", type=int, default=0)
+    fr.add_argument("--weight", type=float, default=0.5,
+                    help="combined score = detector^(1-w) x region^w (default 0.5; choose it on val with "
+                         "benchmarks/region_score_sweep.py)")
+    fr.add_argument("--cache", default="logs/region_score_cache", help="folder to cache crops in ('' for none)")
+    fr.add_argument("--out", required=True, help="output file (.h5)")
     fi.add_argument("--logs", default="logs", help="logs folder for --weights last")
     fi.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
                     help="precision of the features (default float32: the head serves the release's float32 "
@@ -189,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101; a release keeps its own)")
     ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
     ex.add_argument("--image-score", metavar="FILE.json", help="image-level head of braintumor fit-image-score, embedded in the release")
+    ex.add_argument("--region-score", metavar="FILE.h5",
+                    help="region scorer of braintumor fit-region-score, embedded in the release (its regions are "
+                         "re-scored by it; evaluate with --region-score for the --metrics)")
     ex.add_argument("--flagged-threshold", type=float, metavar="X",
                     help="DETECTION_FLAGGED_MIN_CONFIDENCE: on scans the image-level head flags, outline regions "
                          "down to X (default: the run's; 0: off)")

@@ -780,6 +780,14 @@ def cli_evaluate(args) -> int:
         from braintumor.image_score import load_image_score
 
         predictor.image_score = load_image_score(args.image_score)
+    if getattr(args, "region_score", None):  # before the model is built: Predictor.load lowers its floor for it
+        from braintumor.region_score import load_region_score
+
+        predictor.region_score = load_region_score(args.region_score)
+    if getattr(args, "region_weight", None) is not None:
+        if getattr(predictor, "region_score", None) is None:
+            raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
+        predictor.region_score = predictor.region_score.with_weight(args.region_weight)
     if flagged_min is None:  # the model's own (a release's config, or the run's config.toml)
         flagged_min = getattr(predictor, "flagged_threshold", None)
     if threshold is None:  # the run's own operating point (Predictor.threshold), else its config's
@@ -816,6 +824,8 @@ def cli_evaluate(args) -> int:
           + ("; then reported at its operating point" if at_op else "")
           + (f"; images the head flags outlined down to {flagged_min:.2f}"
              if flagged_min and getattr(predictor, "image_score", None) is not None else "")
+          + (f"; regions re-scored by a second opinion on their pixels (weight {predictor.region_score.weight:g})"
+             if getattr(predictor, "region_score", None) is not None else "")
           + (f"; computing in {predictor.precision} ({predictor.precision_reason})" if hasattr(predictor, "precision_reason") else ""),
           flush=True)
     if args.images:
@@ -828,6 +838,10 @@ def cli_evaluate(args) -> int:
     results["precision"] = getattr(predictor, "precision", None)
     if getattr(predictor, "image_score", None) is not None:
         results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"
+    if getattr(predictor, "region_score", None) is not None:
+        rs = predictor.region_score
+        results["region_score"] = {"from": str(args.region_score) if getattr(args, "region_score", None) else "the release",
+                                   "weight": rs.weight, "detector_floor": rs.detector_floor}
     if source_size is not None:
         results["dataset"]["source_size"] = int(source_size)
     if window:

@@ -105,11 +105,15 @@ def extract(predictor, images) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(feats), np.asarray(best, np.float32)
 
 
-def _file_tag(path: Path, config=None) -> str:
+def _file_tag(path: Path, config=None, region_score=None) -> str:
     """12 hex digits naming the model file (path, size, time) and, given a ``config``, its settings:
-    the same checkpoint read in bfloat16 or with another detection floor gives other features."""
+    the same checkpoint read in bfloat16 or with another detection floor gives other features; and
+    a region scorer's settings and fit, which change each image's best score."""
     st = path.stat()
     settings = "" if config is None else json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if region_score is not None:
+        settings += "|" + json.dumps({"weight": region_score.weight, "floor": region_score.detector_floor,
+                                      "fit": region_score.fit}, sort_keys=True, default=str)
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode()).hexdigest()[:12]
 
 
@@ -117,7 +121,8 @@ def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, d
     """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there."""
     out = {}
     config = getattr(predictor, "config", None)
-    tag = _file_tag(Path(predictor.weights_path), config if hasattr(config, "to_dict") else None)
+    tag = _file_tag(Path(predictor.weights_path), config if hasattr(config, "to_dict") else None,
+                    getattr(predictor, "region_score", None))
     for name, (label, read) in sets.items():
         path = cache / f"{name}-{tag}.npz" if cache is not None else None
         if path is not None and path.is_file():
@@ -164,6 +169,9 @@ def cli_fit_image_score(args) -> int:
     from braintumor.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data)
+    threshold_of = getattr(args, "threshold_of", None)
+    if args.tumor_free is None and not threshold_of:
+        raise BrainTumorError("--tumor-free is needed to fit a head (only --threshold-of reads val alone)")
     for flag, folder in (("--tumor-free", args.tumor_free), ("--figshare", args.figshare)):
         if folder is not None and not Path(folder).is_dir():
             raise BrainTumorError(f"{folder}: not a folder ({flag})")
@@ -172,6 +180,12 @@ def cli_fit_image_score(args) -> int:
     out = Path(args.out)
     predictor = load_predictor(args.weights, config=args.config, logs=args.logs,
                                precision=getattr(args, "precision", None) or "float32")
+    if getattr(args, "region_score", None):  # the best score of each image is then the combined one
+        from braintumor.region_score import load_region_score
+
+        predictor.region_score = load_region_score(args.region_score)
+    if threshold_of:
+        return _rethreshold(args, predictor, data, threshold_of, out)
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
                       args.figshare_seed)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
@@ -184,6 +198,8 @@ def cli_fit_image_score(args) -> int:
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
     config = f" --config {args.config}" if args.config else ""
+    if getattr(args, "region_score", None):
+        config += f" --region-score {args.region_score}"
     command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
                f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
                f"--sensitivity {args.sensitivity:g}" + (f" --operating-point {no_green:g}" if no_green else "")
@@ -197,4 +213,57 @@ def cli_fit_image_score(args) -> int:
     tmp.replace(out)
     print(f"threshold {head.threshold:.4f} (detection >= {head.confident_detection:g} also flags): "
           f"val sensitivity {record['val_sensitivity']:.3f} of {record['val_images']}; written {out}")
+    return 0
+
+
+def _head_document(source: str, predictor) -> dict[str, Any]:
+    """The head file of ``source`` (a JSON file, or ``model``: the release's embedded one) as a dict."""
+    if source == "model":
+        from braintumor.release import is_release, open_release
+
+        if not is_release(predictor.weights_path) or "image_score.json" not in open_release(predictor.weights_path).meta:
+            raise BrainTumorError(f"{predictor.weights_path}: no embedded image-level head (--threshold-of model)")
+        text, where = open_release(predictor.weights_path).meta["image_score.json"], str(predictor.weights_path)
+    else:
+        from braintumor.image_score import load_image_score
+
+        load_image_score(source)  # refuses a bad file in one line
+        text, where = Path(source).read_text(encoding="utf-8"), source
+    doc = json.loads(text)
+    doc["_where"] = where
+    return doc
+
+
+def _rethreshold(args, predictor, data: Path, source: str, out: Path) -> int:
+    """``--threshold-of``: the head of ``source`` unchanged but for its threshold, chosen again on val (the model's
+    detections, e.g. re-scored by a region scorer, decide which scans a confident detection flags)."""
+    from braintumor.data import load_split
+
+    doc = _head_document(source, predictor)
+    head = ImageScore.from_dict(doc)
+    val = load_split(data, "val")
+    ids = list(val.image_ids)
+    if not ids:
+        raise BrainTumorError(f"{data}: its val split has no images")
+    t0 = time.perf_counter()
+    feats, best = extract(predictor, (val.load_image(i) for i in ids))
+    no_green = getattr(args, "operating_point", None)
+    if no_green is not None and not 0.0 < no_green <= 1.0:
+        raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
+    new = choose_threshold(head, feats, best, args.sensitivity, no_green)
+    flagged = new.flags(feats, best)
+    extra = " --region-score " + str(args.region_score) if getattr(args, "region_score", None) else ""
+    fit = {**(doc.get("fit") or {}), "rethresholded": {
+        "from": doc["_where"], "threshold_before": float(head.threshold), "target_sensitivity": args.sensitivity,
+        "no_green_at": no_green, "val_sensitivity": round(float(flagged.mean()), 4), "val_images": len(ids),
+        "weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
+        "command": (f"braintumor fit-image-score --weights {predictor.weights_path}{extra} --data {data} "
+                    f"--threshold-of {source} --sensitivity {args.sensitivity:g}"
+                    + (f" --operating-point {no_green:g}" if no_green else "") + f" --out {args.out}")}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({**new.to_dict(), "fit": fit}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"threshold {head.threshold:.4f} -> {new.threshold:.4f} (detection >= {new.confident_detection:g} also flags): "
+          f"val sensitivity {flagged.mean():.3f} of {len(ids)}; written {out}")
     return 0

@@ -96,6 +96,7 @@ class Predictor:
         self.class_names = list(config.CLASS_NAMES)
         self.demo: str | None = None  # why this is a demo model (braintumor.release.demo_reason), or None
         self.image_score = None  # the release's image-level head (braintumor.image_score.ImageScore), or None
+        self.region_score = None  # a second opinion on each region (braintumor.region_score.RegionScore), or None
         self.precision = config.PRECISION  # what the model computes in (load_predictor: a release's calibrated choice)
         self.precision_reason = "the config's PRECISION"
         self._model = None
@@ -114,15 +115,31 @@ class Predictor:
 
                 from braintumor.release import load_model_weights
 
-                model = MaskRCNN(mode="inference", config=self.config, model_dir=str(self.weights_path.parent.parent))
+                model = MaskRCNN(mode="inference", config=self.model_config(),
+                                 model_dir=str(self.weights_path.parent.parent))
                 # a release is verified again: the file may have changed since its config was read
                 self.load_report = load_model_weights(model, self.weights_path)
                 self._model = model
         return self._model
 
+    def model_config(self) -> Config:
+        """The config the network is built with: :attr:`config`, but with a ``region_score`` the detection
+        layer keeps every region down to its ``detector_floor`` and the floor and the secondary rule apply to
+        the combined score instead (:meth:`braintumor.region_score.RegionScore.rescore`)."""
+        if self.region_score is None:
+            return self.config
+        return self.config.replace(
+            DETECTION_MIN_CONFIDENCE=min(float(self.config.DETECTION_MIN_CONFIDENCE), self.region_score.detector_floor),
+            DETECTION_SECONDARY_MIN_CONFIDENCE=0.0)
+
     def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         model = self.load()
-        return [model.detect([img])[0] for img in images]
+        results = [model.detect([img])[0] for img in images]
+        if self.region_score is None:
+            return results
+        c = self.config
+        return [self.region_score.rescore(r, img, c, float(c.DETECTION_MIN_CONFIDENCE),
+                                          float(c.DETECTION_SECONDARY_MIN_CONFIDENCE)) for r, img in zip(results, images)]
 
 
 PRECISION_ENV = "BRAINTUMOR_PRECISION"  # auto (default), float32 or mixed_bfloat16: a release's inference precision
@@ -238,4 +255,5 @@ def load_predictor(weights: str | Path | None, config: str | Path | None = None,
 
             head = replace(head, threshold=float(cal["image_score_threshold"]))
         predictor.image_score = head
+        predictor.region_score = release.region_score()
     return predictor

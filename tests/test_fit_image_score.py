@@ -123,3 +123,45 @@ def test_a_figshare_sample_is_a_deterministic_sorted_subset_and_all_when_it_asks
     assert a == F.sample_ids(ids, 20, seed=3) and a == sorted(a) and len(set(a)) == 20 and set(a) <= set(ids)
     assert a != F.sample_ids(ids, 20, seed=4)
     assert F.sample_ids(ids, 50) == ids and F.sample_ids(ids, 999) == ids and F.sample_ids(ids, None) == ids
+
+
+def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alone(tmp_path, monkeypatch, capsys):
+    """--threshold-of: the weights of the head file unchanged, only val read, the threshold chosen for the
+    detections the model gives now (here: every val scan's best detection is weak, so the head must flag them)."""
+    from braintumor.image_score import ImageScore
+
+    weights = tmp_path / "model.h5"
+    weights.write_bytes(b"x")
+    pred = GreyPredictor(weights)
+    monkeypatch.setattr(inference, "load_predictor", lambda w, config=None, logs="logs", precision=None: pred)
+
+    class Val:
+        image_ids = list(range(20))
+
+        def load_image(self, i):
+            return np.full((8, 8, 3), 100 + 3 * i, np.uint8)     # best detections 0.39 .. 0.62: one confident
+
+    import braintumor.data as D
+    monkeypatch.setattr(D, "load_split", lambda data, split: Val())
+    head = ImageScore(np.array([100.0, 0.0]), np.array([10.0, 1.0]), np.array([1.0, 0.0]), 0.0, threshold=0.99,
+                      confident_detection=0.6)
+    src = tmp_path / "head.json"
+    src.write_text(json.dumps({**head.to_dict(), "fit": {"l2": 0.5}}))
+    out = tmp_path / "again.json"
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--sensitivity", "0.9",
+                 "--out", str(out)]) == 0
+    assert "0.9900 ->" in capsys.readouterr().out and pred.calls == 20, "val alone is read"
+    doc = json.loads(out.read_text())
+    again = load_image_score(out)
+    assert np.array_equal(again.weights, head.weights) and again.bias == head.bias and again.threshold < 0.99
+    feats = np.array([[100 + 3 * i, 1.0] for i in range(20)])
+    best = feats[:, 0] / 255
+    assert again.flags(feats, best).mean() >= 0.9 and head.flags(feats, best).mean() < 0.9
+    assert doc["fit"]["l2"] == 0.5 and doc["fit"]["rethresholded"]["threshold_before"] == 0.99
+    assert "--threshold-of" in doc["fit"]["rethresholded"]["command"]
+    assert main(["fit-image-score", "--data", str(data), "--threshold-of", "model", "--out", str(out)]) == 2
+    assert "no embedded image-level head" in capsys.readouterr().err
+    assert main(["fit-image-score", "--data", str(data), "--out", str(out)]) == 2
+    assert "--tumor-free is needed" in capsys.readouterr().err

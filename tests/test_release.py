@@ -715,3 +715,41 @@ def test_one_loader_takes_a_release_or_a_checkpoint_and_can_insist_on_every_laye
     with pytest.raises(BrainTumorError) as e:
         R.load_model_weights(model, partial, complete=True)
     assert str(partial) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_release_embeds_a_region_scorer_that_detect_uses_and_carries_it_over(exported, tmp_path):
+    """export --region-score: the scorer in the head (the checksum covers it), in the card, loaded by
+    load_predictor so that detect() reports combined scores; released again, it stays; a bad file is one line."""
+    from braintumor import inference
+    from braintumor.region_score import RegionScore, build_scorer
+
+    scorer = RegionScore(build_scorer(16, (4, 8)), size=16, widths=(4, 8), weight=0.4, detector_floor=0.1,
+                         fit={"sets": {"thesis_train": {"images": 3}}})
+    path = scorer.save(tmp_path / "rs.h5")
+    card = R.export(exported["ckpt"], out=tmp_path / "models", region_score=str(path), equivalence_images=0,
+                    log=lambda *a: None)
+    head = R.find_releases(tmp_path / "models")[0]
+    assert card["region_score"]["weight"] == 0.4 and card["region_score"]["parameters"] == scorer.model.count_params()
+    assert "Region scorer" in R.render_card_markdown(card) and "thesis_train 3" in R.render_card_markdown(card)
+    got = R.open_release(head).region_score()
+    rng = np.random.default_rng(0)
+    crops, geometry = rng.normal(0, 50, (4, 16, 16, 1)).astype(np.float32), rng.uniform(-2, 1, (4, 4)).astype(np.float32)
+    np.testing.assert_allclose(got.probability(crops, geometry), scorer.probability(crops, geometry), atol=1e-6)
+    assert R.open_release(exported["head"]).region_score() is None, "a release without one says so"
+
+    pred = inference.load_predictor(head, precision="float32", min_confidence=0.05)
+    assert pred.region_score is not None and pred.model_config().DETECTION_MIN_CONFIDENCE == pytest.approx(0.05)
+    image, _ = blob_image(SIZE, SIZE, [(30, 30, 80, 90)])
+    r = pred.detect([image])[0]
+    assert set(r) >= {"detector_scores", "region_scores", "image_features"} and len(r["scores"]) >= 1
+    np.testing.assert_allclose(r["scores"], r["detector_scores"] ** 0.6 * r["region_scores"] ** 0.4, rtol=1e-4)
+    assert (np.diff(r["scores"]) <= 0).all() and (r["scores"] >= 0.05).all()
+
+    again = R.export(head, out=head.parent, replace=True, threshold=0.5, equivalence_images=0, log=lambda *a: None)
+    assert again["region_score"]["weight"] == 0.4
+    assert R.open_release(R.find_releases(head.parent)[0]).region_score() is not None
+
+    (tmp_path / "bad.h5").write_text("no")
+    with pytest.raises(BrainTumorError) as e:
+        R.export(exported["ckpt"], out=tmp_path / "other", region_score=str(tmp_path / "bad.h5"), log=lambda *a: None)
+    assert str(e.value).startswith(str(tmp_path / "bad.h5")) and "\n" not in str(e.value)

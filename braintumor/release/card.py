@@ -168,10 +168,12 @@ def headline_val(summaries: Sequence[dict]) -> dict[str, Any] | None:
 
 def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: float, encoding: str,
                command: str | None, equivalence: dict | None, replaces: dict | None,
-               training_precision: str | None = None, image_score: dict | None = None) -> dict[str, Any]:
+               training_precision: str | None = None, image_score: dict | None = None,
+               region_score=None) -> dict[str, Any]:
     """The model card (JSON-ready) before files and digests are known; ``config`` is the
     release's (inference) config, ``training_precision`` the run's ``PRECISION``; ``image_score``
-    the embedded image-level head's file (:mod:`braintumor.fit_image_score`), if any."""
+    the embedded image-level head's file (:mod:`braintumor.fit_image_score`), if any;
+    ``region_score`` the embedded :class:`braintumor.region_score.RegionScore`, if any."""
     from braintumor import __version__
 
     val = headline_val(metrics)
@@ -206,6 +208,13 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "features": image_score.get("features"), "fit": image_score.get("fit"),
                          "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
                         if image_score else None),
+        "region_score": ({"weight": region_score.weight, "detector_floor": region_score.detector_floor,
+                          "crop_px": region_score.size, "context": region_score.context,
+                          "widths": list(region_score.widths),
+                          "parameters": int(region_score.model.count_params()), "fit": region_score.fit,
+                          "rule": "each region's score is detector^(1-weight) x region^weight, the region score "
+                                  "a small CNN's P(tumor) on the grey pixels around the region's box"}
+                         if region_score is not None else None),
         "intended_use": "research tool, not a medical device: every result must be reviewed by a qualified physician",
     }
 
@@ -313,6 +322,14 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   f"({_fmt(fit.get('val_images'))} val scans). Verdicts: *tumor* (flagged, outlined), *suspected* "
                   f"(flagged, nothing outlined), *uncertain* (not flagged, a weak outline), *no tumor* (neither; the "
                   f"only green answer).", ""]
+    rs = card.get("region_score") or {}
+    if rs:
+        sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((rs.get("fit") or {}).get("sets") or {}).items())
+        lines += [f"Region scorer (`braintumor fit-region-score`): a CNN of {_fmt(rs.get('parameters'))} weights reads a "
+                  f"{_fmt(rs.get('crop_px'))} px grey crop around each region ({_fmt(rs.get('context'), 2)} × its box) "
+                  f"and gives P(tumor); the score reported for a region is detector^{_fmt(1 - rs['weight'], 2)} × "
+                  f"region^{_fmt(rs['weight'], 2)} (regions from detector score {_fmt(rs.get('detector_floor'), 2)} "
+                  f"up); fitted on {sets or '—'} training images.", ""]
     lines += calibration_lines(card)
     eq = card.get("equivalence") or {}
     if eq.get("checked"):

@@ -56,7 +56,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            name: str | None = None, readme: str | None = None, force: bool = False,
            equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
            flagged_threshold: float | None = None, mask_threshold: float | None = None,
-           log=print) -> dict[str, Any]:
+           region_score: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
     weights: a checkpoint path (or ``last``) with its run's config.toml beside it, or a release: the
@@ -71,7 +71,10 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     its checkpoint is removed again unless ``force``. image_score: a JSON file of a fitted
     :class:`braintumor.image_score.ImageScore`, embedded in the release. flagged_threshold:
     ``DETECTION_FLAGGED_MIN_CONFIDENCE`` of the release (default the run's; 0 turns it off).
-    mask_threshold: ``DETECTION_MASK_THRESHOLD`` of the release (default the run's).
+    mask_threshold: ``DETECTION_MASK_THRESHOLD`` of the release (default the run's). region_score: a
+    file of ``braintumor fit-region-score`` (:mod:`braintumor.region_score`), embedded in the release (a
+    release released again keeps its own unless another is given); the metrics given must then come from
+    ``evaluate --region-score`` with it.
     """
     import time
 
@@ -90,6 +93,13 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         image_score_text = Path(image_score).read_text(encoding="utf-8")
     ckpt = resolve_weights(weights)
     source = open_release(ckpt) if is_release(ckpt) else None  # verified: a release released again
+    scorer = None
+    if region_score is not None:
+        from braintumor.region_score import load_region_score
+
+        scorer = load_region_score(region_score)  # refuses a bad file in one line
+    elif source is not None:
+        scorer = source.region_score()
     cfg = config_for_checkpoint(ckpt, config)
     # A released model answers the same on every machine: float32 inference, whatever the run
     # trained with (PRECISION = "mixed_bfloat16" only where the CPU has bfloat16).
@@ -174,7 +184,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     card = build_card(name=rel_name, config=cfg, run=run, metrics=summaries, threshold=t, encoding=encoding,
                       command=command, equivalence=equivalence, replaces=replaces,
                       training_precision=training_precision,
-                      image_score=json.loads(image_score_text) if image_score_text is not None else None)
+                      image_score=json.loads(image_score_text) if image_score_text is not None else None,
+                      region_score=scorer)
     embedded_cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=t)
     meta = {"card.json": json.dumps(card, indent=1), "config.toml": embedded_cfg.to_toml(),
             "run_config.toml": run_cfg_text,
@@ -182,7 +193,7 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     if image_score_text is not None:
         meta["image_score.json"] = image_score_text
     t0 = time.perf_counter()
-    files = write_release(model.keras_model, folder, rel_name, encoding, meta)
+    files = write_release(model.keras_model, folder, rel_name, encoding, meta, region_score=scorer)
     write_seconds = time.perf_counter() - t0
     head = files[0]
     try:
@@ -230,7 +241,8 @@ def cli_export(args) -> int:
                   command=args.train_command, name=args.name, readme=args.readme, force=args.force,
                   equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None),
                   flagged_threshold=getattr(args, "flagged_threshold", None),
-                  mask_threshold=getattr(args, "mask_threshold", None))
+                  mask_threshold=getattr(args, "mask_threshold", None),
+                  region_score=getattr(args, "region_score", None))
     for f in card["files"]:
         if "bytes" in f:
             print(f"{f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256']}")

@@ -101,11 +101,13 @@ def _write_tensors(f, items, indices) -> None:
             f.require_group("s").create_dataset(key, data=scale)
 
 
-def write_release(keras_model, out_dir: str | os.PathLike, name: str, encoding: str, meta: dict[str, str]) -> list[Path]:
+def write_release(keras_model, out_dir: str | os.PathLike, name: str, encoding: str, meta: dict[str, str],
+                  region_score=None) -> list[Path]:
     """Write the weights of ``keras_model`` as a release into ``out_dir``; returns ``[head, shards...]``.
 
     ``meta``: texts embedded in the head under ``/meta`` (``card.json``,
-    ``config.toml``, ``run_config.toml``, ...). Shards are written first, then
+    ``config.toml``, ``run_config.toml``, ...); ``region_score``: a
+    :class:`braintumor.region_score.RegionScore`, written into the head's group ``/region_score``. Shards are written first, then
     the head (which records the shards' sha256), each to a temporary name, then
     renamed to ``<name>-<sha8 of head>[.part<i>of<n>].h5``. Raises when a file
     would exceed :data:`MAX_FILE_BYTES` or the whole :data:`MAX_TOTAL_BYTES`.
@@ -147,6 +149,8 @@ def write_release(keras_model, out_dir: str | os.PathLike, name: str, encoding: 
             _bytes_ds(m, "parts.json", json.dumps(parts_meta))
             _bytes_ds(m, "keys.json", json.dumps([[items[i][0], s + 1] for s, idx in enumerate(shards) for i in idx]))
             _bytes_ds(m, "tensor_stats.json", json.dumps(stats))
+            if region_score is not None:
+                region_score.to_h5(f.create_group("region_score"))
         sizes = [p.stat().st_size for p in tmp_parts]
         if max(sizes) > MAX_FILE_BYTES or sum(sizes) > MAX_TOTAL_BYTES:
             raise BrainTumorError(f"{out}: release files of {', '.join(str(s) for s in sizes)} bytes exceed "
@@ -210,6 +214,19 @@ class Release:
             return ImageScore.from_dict(json.loads(text))
         except (ValueError, BrainTumorError) as e:
             raise BrainTumorError(f"{self.head}: embedded image_score.json unusable ({str(e).splitlines()[0]})") from None
+
+
+    def region_score(self):
+        """The embedded region scorer (:class:`braintumor.region_score.RegionScore`), or None."""
+        from braintumor.region_score import from_h5
+
+        try:
+            with h5py.File(self.head, "r") as f:
+                if "region_score" not in f:
+                    return None
+                return from_h5(f["region_score"], f"{self.head}: embedded region_score")
+        except OSError as e:
+            raise BrainTumorError(f"{self.head}: damaged release file ({str(e).splitlines()[0]})") from None
 
 
 def open_release(path: str | os.PathLike) -> Release:

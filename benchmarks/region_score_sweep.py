@@ -1,0 +1,180 @@
+"""How much should the region scorer weigh against the detector? Val figures per ``weight``, from one pass.
+
+One pass of the release over the val sets (61 thesis scans, 298 Figshare slices, 204 held-out tumor-free
+slices), the detection layer down to the scorer's ``detector_floor`` with every region kept (float32); each
+region gets its :class:`braintumor.region_score.RegionScore` probability. Then, for every ``weight`` asked
+for, the regions are re-scored as ``detect()`` would (``RegionScore.rescore``'s rule: the combined score,
+the best region plus others >= ``DETECTION_SECONDARY_MIN_CONFIDENCE``) and reported like ``after_nms`` of
+``crop_rescore_probe.py``: the operating point chosen as ``evaluate`` chooses it (thesis val scans and the
+held-out tumor-free slices), tumor-free slices at or above it, Dice per set at it, thesis mask mAP@0.5,
+and the image-level rule (the release's head, confident detection on the combined score) with the head's
+threshold re-chosen for that ranking as ``fit-image-score`` chooses it (val sensitivity, no green on val).
+
+weight 0 is the release alone (its card's figures, as a check).
+
+    .venv/bin/python benchmarks/region_score_sweep.py --region-score logs/region_score/X.h5 [--weights-grid 0,0.25,0.5]
+
+The detection pass is cached in ``--cache`` (pickle of the records, per model and floor); another scorer costs
+its own region scores only (a minute).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def val_sets() -> list:
+    """``[(source, dataset, image_ids)]`` of the three val sets."""
+    from braintumor.data import load_split
+    from braintumor.figshare import load_figshare
+    from braintumor.tumor_free import load_tumor_free
+
+    th, fs = load_split(SHARED / "brain_tumor_data", "val"), load_figshare(SHARED / "figshare", "val")
+    free = load_tumor_free(SHARED / "tumor_free", "held-out")
+    return [("thesis", th, list(th.image_ids)), ("figshare", fs, list(fs.image_ids)),
+            ("none", free, list(free.image_ids))]
+
+
+def figshare_kind(ds, i) -> str:
+    """The Figshare tumor type of image ``i`` (its one annotated category)."""
+    cats = list(ds.image_info[i].get("categories") or [])
+    if len(cats) != 1:
+        raise SystemExit(f"figshare image {i}: {len(cats)} categories, expected one")
+    return str(cats[0])
+
+
+def detections(weights: Path, floor: float, path: Path) -> list:
+    """``[(kind, source, image_id, ImageRecord with every region down to floor)]``, cached at ``path``."""
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    from braintumor import metrics as M
+    from braintumor.inference import load_predictor
+
+    predictor = load_predictor(str(weights), min_confidence=floor, precision="float32")
+    predictor.region_score = None
+    predictor.config = predictor.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.0)
+    out, t0 = [], time.perf_counter()
+    for source, ds, ids in val_sets():
+        for i in ids:
+            masks, class_ids = ds.load_mask(i)
+            r = predictor.detect([ds.load_image(i)])[0]
+            rec = M.ImageRecord.from_arrays(f"{source}/{i}", np.asarray(masks, bool), np.asarray(class_ids), r, index=i)
+            rec.image_features = r["image_features"]
+            out.append((figshare_kind(ds, i) if source == "figshare" else source, source, i, rec))
+            if len(out) % 100 == 0:
+                print(f"  {len(out)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(out))
+    return out
+
+
+def region_probabilities(rows: list, region_score, config) -> list:
+    """Each record's regions scored by ``region_score`` (what ``detect()`` would compute for them): ``[[D]]``."""
+    from braintumor.mrcnn.inputs import mold_inputs
+
+    sets = {source: ds for source, ds, _ in val_sets()}
+    out = []
+    for _, source, i, rec in rows:
+        if not len(rec.scores):
+            out.append(np.zeros(0, np.float32))
+            continue
+        molded, _, infos = mold_inputs([sets[source].load_image(i)], config)
+        out.append(region_score.score_regions({"rois": rec.boxes}, molded, infos[0]))
+    return out
+
+
+def rescored(rec, region: np.ndarray, rs, secondary: float):
+    """``rec`` with its regions re-scored and kept as :meth:`RegionScore.rescore` keeps them (floor 0 here: the
+    operating point is applied by the metrics)."""
+    from braintumor import metrics as M
+
+    combined = rs.combine(rec.scores, region) if rs.weight > 0 else np.asarray(rec.scores, np.float32)
+    order = np.argsort(-combined, kind="stable")
+    if secondary > 0 and len(order) > 1:
+        keep = combined[order] >= secondary
+        keep[0] = True
+        order = order[keep]
+    new = M.ImageRecord(rec.name, rec.height, rec.width, rec.gt_rles, rec.gt_class_ids, rec.gt_boxes,
+                        [rec.rles[k] for k in order], combined[order].astype(np.float64), rec.class_ids[order],
+                        rec.boxes[order], index=rec.index, image_features=rec.image_features)
+    return new
+
+
+def figures(rows: list, rs, secondary: float, head) -> dict:
+    from braintumor import metrics as M
+    from braintumor.evaluate import image_rule_summary
+    from braintumor.image_score import choose_threshold
+
+    by: dict[str, list] = {}
+    for (kind, _, _, rec), p in rows:
+        by.setdefault(kind, []).append(rescored(rec, p, rs, secondary))
+    free = [r.max_score for r in by["none"]]
+    op = float(M.choose_operating_point([r.max_score for r in by["thesis"]], free)["robust_threshold"])
+    row = {"weight": rs.weight, "operating_point": round(op, 4), "tumor_free_at_op": int(sum(f >= op for f in free))}
+    for kind in ("thesis", "meningioma", "glioma", "pituitary"):
+        row[f"{kind}_dice"] = round(M.segmentation_summary(by[kind], op)["dice_mean"], 4)
+    fs = by["meningioma"] + by["glioma"] + by["pituitary"]
+    row["figshare_dice"] = round(M.segmentation_summary(fs, op)["dice_mean"], 4)
+    row["thesis_mask_map50"] = round(M.coco_map(by["thesis"])["segm"]["map50"], 4)
+    row["figshare_outlined"] = int(sum(r.max_score >= op for r in fs))
+    if head is not None:
+        th = by["thesis"]
+        h = choose_threshold(head, np.stack([r.image_features for r in th]), np.array([r.max_score for r in th]),
+                             sensitivity=0.96, outline_threshold=op)
+        rule = image_rule_summary(th + by["none"], op, h)
+        fs_rule = image_rule_summary(fs, op, h)
+        row.update({"head_threshold": round(h.threshold, 4), "rule_sensitivity": rule["sensitivity"],
+                    "rule_specificity": rule["specificity"], "tumor_free_flagged": rule["n_tumor_free_flagged"],
+                    "figshare_rule_sensitivity": fs_rule["sensitivity"],
+                    "green_on_thesis": len(rule["green_on_tumor_images"]),
+                    "green_on_figshare": len(fs_rule["green_on_tumor_images"])})
+    return row
+
+
+def main(argv=None) -> int:
+    from braintumor.region_score import load_region_score
+    from braintumor.release import open_release
+    from braintumor.release.files import default_release
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=None, help="model file (default: the release)")
+    ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
+    ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
+    ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
+    args = ap.parse_args(argv)
+    weights = Path(args.weights) if args.weights else default_release()
+    rs = load_region_score(args.region_score)
+    release = open_release(weights)
+    secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
+    head = release.image_score()
+    t0 = time.perf_counter()
+    dets = detections(weights, rs.detector_floor, Path(args.cache) / f"detections_{weights.stem}_floor{rs.detector_floor:g}.pkl")
+    t1 = time.perf_counter()
+    probs = region_probabilities(dets, rs, release.config())
+    print(f"{len(dets)} val images: detections {t1 - t0:.0f} s, region scores {time.perf_counter() - t1:.0f} s", flush=True)
+    rows = list(zip(dets, probs))
+    report = []
+    for a in (float(x) for x in args.weights_grid.split(",")):
+        row = figures(rows, replace(rs, weight=a, _fn=None), secondary, head)
+        report.append(row)
+        print(json.dumps(row), flush=True)
+    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}.json"
+    out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
+                   + "\n", encoding="utf-8")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""A second opinion on each detected region: a small CNN scores the pixels around the region's box.
+
+Why: the release's class head scores most Figshare gliomas low, whatever linear readout of its
+ROI features is fitted (``benchmarks/class_logit_probe.py``), while a small CNN of its own on the
+grey pixels around each region tells tumor from elsewhere far better
+(``benchmarks/crop_rescore_probe.py``: Figshare val Dice 0.512 -> 0.636 after the detection layer).
+
+What it reads, per region: a square crop of the **molded** image (as the Mask R-CNN reads it,
+``(pixel - MEAN_PIXEL)``, the channels' mean), centred on the region's box, ``context`` times the
+box's longer side, resized to ``size`` x ``size`` pixels; and its geometry ``[cy, cx, log h, log w]``
+of the box, normalized to the molded frame. Output: P(tumor) ``[K]`` in (0, 1).
+
+How it is used (:meth:`RegionScore.rescore`): the detection layer runs down to ``detector_floor``
+(every region it keeps, up to ``DETECTION_MAX_INSTANCES``); each region's score becomes
+``detector ** (1 - weight) * region ** weight``; regions below the caller's floor go, and the
+best region plus others scoring at least ``DETECTION_SECONDARY_MIN_CONFIDENCE`` stay
+(:func:`braintumor.mrcnn.inputs.keep_best_and_strong`).
+
+File: HDF5, attributes ``braintumor_region_score`` (format version), ``size``, ``context``,
+``widths``, ``weight``, ``detector_floor``; datasets ``weights/NNN`` (the Keras model's weights
+in order, float32) and ``fit.json`` (how it was fitted). Fitted by ``braintumor fit-region-score``
+(:mod:`braintumor.fit_region_score`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from braintumor.errors import BrainTumorError
+
+FORMAT_VERSION = 1
+SIZE = 64          # crop side, pixels
+CONTEXT = 1.5      # crop side / the box's longer side
+WIDTHS = (16, 32, 64, 128)  # channels of the four conv blocks
+WEIGHT = 0.5       # combined = detector ** (1 - WEIGHT) * region ** WEIGHT: the geometric mean
+DETECTOR_FLOOR = 0.05  # the detection layer's floor when regions are re-scored
+POSITIVE_IOU, NEGATIVE_IOU = 0.5, 0.3  # training labels: a region's box IoU with a tumor's box
+
+
+def to_molded_frame(rois: np.ndarray, info) -> np.ndarray:
+    """Boxes ``[K, (y1, x1, y2, x2)]`` in pixels of the original image -> normalized to the molded frame of
+    ``info`` (:class:`braintumor.mrcnn.inputs.ResizeInfo`), the inverse of ``unmold_detections``'s mapping."""
+    boxes = np.asarray(rois, np.float64).reshape(-1, 4)
+    oy, ox = (info.crop[0], info.crop[1]) if info.crop is not None else (0, 0)
+    wy, wx = info.window[0], info.window[1]
+    mh, mw = info.molded_shape[:2]
+    boxes = boxes * info.scale - np.array([oy, ox, oy, ox]) + np.array([wy, wx, wy, wx])
+    return (boxes / np.array([mh, mw, mh, mw])).astype(np.float32)
+
+
+def region_crops(molded: np.ndarray, boxes: np.ndarray, size: int = SIZE, context: float = CONTEXT
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``molded [1, h, w, C]`` float32 (``mold_inputs``), ``boxes [K, (y1, x1, y2, x2)]`` normalized ->
+    ``(crops float32 [K, size, size, 1], geometry float32 [K, (cy, cx, log h, log w)])``: the channels' mean in a
+    square ``context`` times the box's longer side (in pixels), centred on the box; outside the image is 0."""
+    import tensorflow as tf
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    h, w = molded.shape[1:3]
+    cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    bh = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
+    bw = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    side = np.maximum(bh * h, bw * w) * float(context)  # pixels
+    square = np.stack([cy - side / h / 2, cx - side / w / 2, cy + side / h / 2, cx + side / w / 2], 1)
+    geometry = np.stack([cy, cx, np.log(bh), np.log(bw)], 1).astype(np.float32)
+    if not len(boxes):
+        return np.zeros((0, size, size, 1), np.float32), geometry.reshape(0, 4)
+    grey = np.asarray(molded, np.float32).mean(-1, keepdims=True)
+    crops = tf.image.crop_and_resize(grey, square.astype(np.float32), np.zeros(len(square), np.int32),
+                                     (size, size), extrapolation_value=0.0).numpy()
+    return crops, geometry
+
+
+def build_scorer(size: int = SIZE, widths=WIDTHS):
+    """The CNN: crop ``[size, size, 1]`` and geometry ``[4]`` -> P(tumor) ``[1]``; float32 whatever the global
+    dtype policy (it is small, and its threshold-free combination must not move with the detector's precision).
+
+    Four blocks of two 3x3 conv + BatchNorm + ReLU (``widths`` channels), 2x max pooling between blocks and
+    global average pooling after the last; the geometry through Dense(16); Dense(64), dropout 0.3, sigmoid."""
+    import keras
+    from keras import layers
+
+    from braintumor.mrcnn.precision import float32_scope
+
+    with float32_scope():
+        crop, geom = keras.Input((size, size, 1), name="crop"), keras.Input((4,), name="geometry")
+        x = crop
+        for k, c in enumerate(widths):
+            for j in range(2):
+                x = layers.Conv2D(c, 3, padding="same", use_bias=False, name=f"block{k + 1}_conv{j + 1}")(x)
+                x = layers.BatchNormalization(name=f"block{k + 1}_bn{j + 1}")(x)
+                x = layers.ReLU()(x)
+            x = layers.MaxPooling2D()(x) if k < len(widths) - 1 else layers.GlobalAveragePooling2D()(x)
+        g = layers.Dense(16, activation="relu", name="geometry_fc")(geom)
+        x = layers.Concatenate()([x, g])
+        x = layers.Dropout(0.3)(layers.Dense(64, activation="relu", name="fc")(x))
+        out = layers.Dense(1, activation="sigmoid", name="tumor")(x)
+        return keras.Model([crop, geom], out, name="region_score")
+
+
+@dataclass
+class RegionScore:
+    """A fitted region scorer (module docstring) and how its score combines with the detector's."""
+
+    model: Any                       # keras.Model of build_scorer(size, widths)
+    size: int = SIZE
+    context: float = CONTEXT
+    widths: tuple = WIDTHS
+    weight: float = WEIGHT
+    detector_floor: float = DETECTOR_FLOOR
+    fit: dict = field(default_factory=dict)
+    _fn: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.weight) <= 1.0:
+            raise BrainTumorError(f"region score: weight must be in [0, 1], got {self.weight}")
+        if not 0.0 < float(self.detector_floor) < 1.0:
+            raise BrainTumorError(f"region score: detector_floor must be in (0, 1), got {self.detector_floor}")
+
+    def probability(self, crops: np.ndarray, geometry: np.ndarray) -> np.ndarray:
+        """``[K]`` float32 P(tumor) of ``crops [K, size, size, 1]`` and ``geometry [K, 4]`` (:func:`region_crops`)."""
+        if not len(crops):
+            return np.zeros(0, np.float32)
+        if self._fn is None:
+            import tensorflow as tf
+
+            model = self.model
+            spec = [tf.TensorSpec((None, self.size, self.size, 1), tf.float32), tf.TensorSpec((None, 4), tf.float32)]
+            self._fn = tf.function(lambda c, g: model([c, g], training=False), input_signature=spec)
+        return np.asarray(self._fn(np.asarray(crops, np.float32), np.asarray(geometry, np.float32)))[:, 0]
+
+    def combine(self, detector: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """``detector ** (1 - weight) * region ** weight``, elementwise, float32."""
+        a = float(self.weight)
+        d = np.clip(np.asarray(detector, np.float64), 0.0, 1.0)
+        r = np.clip(np.asarray(region, np.float64), 0.0, 1.0)
+        return (d ** (1.0 - a) * r ** a).astype(np.float32)
+
+    def score_regions(self, result: dict, molded: np.ndarray, info) -> np.ndarray:
+        """``[N]`` P(tumor) of each region of ``result`` (``detect()``'s dict, ``rois`` in original pixels) of the
+        image molded as ``molded [1, h, w, 3]`` with ``info``."""
+        crops, geometry = region_crops(molded, to_molded_frame(result["rois"], info), self.size, self.context)
+        return self.probability(crops, geometry)
+
+    def rescore(self, result: dict, image: np.ndarray, config, floor: float, secondary: float = 0.0) -> dict:
+        """``result`` of ``MaskRCNN.detect`` for ``image`` (regions down to :attr:`detector_floor`) with ``scores``
+        replaced by the combined score, regions below ``floor`` dropped, then the best plus those >= ``secondary``
+        kept; adds ``detector_scores`` and ``region_scores`` ``[N]`` float32 of the regions kept, and the order
+        is by combined score, highest first."""
+        from braintumor.mrcnn.inputs import mold_inputs
+
+        det = np.asarray(result["scores"], np.float32)
+        if len(det):
+            molded, _, infos = mold_inputs([image], config)
+            region = self.score_regions(result, molded, infos[0])
+        else:
+            region = np.zeros(0, np.float32)
+        combined = self.combine(det, region)
+        order = np.argsort(-combined, kind="stable")
+        order = order[combined[order] >= float(floor)]
+        if float(secondary) > 0 and len(order) > 1:  # as keep_best_and_strong: the best, and the strong others
+            keep = combined[order] >= float(secondary)
+            keep[0] = True
+            order = order[keep]
+        return {**result, "rois": np.asarray(result["rois"])[order], "class_ids": np.asarray(result["class_ids"])[order],
+                "scores": combined[order], "masks": np.asarray(result["masks"])[:, :, order],
+                "detector_scores": det[order], "region_scores": region[order]}
+
+    # ------------------------------------------------------------------ files
+    def to_h5(self, group) -> None:
+        """Write into an open h5py group (a file of its own, or a release's head)."""
+        group.attrs["braintumor_region_score"] = FORMAT_VERSION
+        group.attrs["size"], group.attrs["context"] = int(self.size), float(self.context)
+        group.attrs["widths"] = np.asarray(self.widths, np.int64)
+        group.attrs["weight"], group.attrs["detector_floor"] = float(self.weight), float(self.detector_floor)
+        w = group.create_group("weights")
+        for i, v in enumerate(self.model.get_weights()):
+            w.create_dataset(f"{i:03d}", data=np.asarray(v, np.float32))
+        group.create_dataset("fit.json", data=np.frombuffer(json.dumps(self.fit).encode("utf-8"), np.uint8))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``path`` atomically (a temporary file, then renamed)."""
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                self.to_h5(f)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def with_weight(self, weight: float) -> "RegionScore":
+        return replace(self, weight=float(weight), _fn=self._fn)
+
+
+def from_h5(group, where: str) -> RegionScore:
+    """A :class:`RegionScore` from an h5py group written by :meth:`RegionScore.to_h5`; one-line errors naming
+    ``where``."""
+    try:
+        version = int(group.attrs["braintumor_region_score"])
+        if version > FORMAT_VERSION:
+            raise ValueError(f"format {version} is newer than this code reads ({FORMAT_VERSION})")
+        size, widths = int(group.attrs["size"]), tuple(int(c) for c in group.attrs["widths"])
+        weights = [np.asarray(group["weights"][k][()], np.float32) for k in sorted(group["weights"])]
+        fit = json.loads(bytes(np.asarray(group["fit.json"][()], np.uint8)).decode("utf-8"))
+        model = build_scorer(size, widths)
+        shapes = [tuple(v.shape) for v in model.get_weights()]
+        if shapes != [w.shape for w in weights]:
+            raise ValueError(f"{len(weights)} weight tensors do not fit a scorer of size {size}, widths {list(widths)}")
+        model.set_weights(weights)
+        return RegionScore(model, size=size, context=float(group.attrs["context"]), widths=widths,
+                           weight=float(group.attrs["weight"]), detector_floor=float(group.attrs["detector_floor"]),
+                           fit=fit)
+    except BrainTumorError as e:
+        raise BrainTumorError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise BrainTumorError(f"{where}: not a region-score model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def load_region_score(path: str | os.PathLike) -> RegionScore:
+    """The scorer in a file of ``braintumor fit-region-score``; one-line errors naming the file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise BrainTumorError(f"{path}: region-score file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            return from_h5(f, str(path))
+    except OSError as e:
+        raise BrainTumorError(f"{path}: not a region-score file ({str(e).splitlines()[0]})") from None
+
+
+def training_labels(iou: np.ndarray) -> np.ndarray:
+    """``[K]`` float32: 1 for a region whose box has IoU >= :data:`POSITIVE_IOU` with a tumor's box, 0 below
+    :data:`NEGATIVE_IOU`, NaN between (left out of the fit)."""
+    iou = np.asarray(iou, np.float64)
+    return np.where(iou >= POSITIVE_IOU, 1.0, np.where(iou < NEGATIVE_IOU, 0.0, np.nan)).astype(np.float32)
+
+
+def fit_scorer(crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0,
+               batch: int = 128, learning_rate: float = 1e-3, size: int = SIZE, widths=WIDTHS, verbose: int = 2):
+    """A :func:`build_scorer` model fitted on ``crops [K, size, size(, 1)]``, ``geometry [K, 4]``, ``labels [K]``
+    (1 / 0; NaN rows are left out). Positives and negatives weigh the same in all; left-right flips (the crop
+    and ``cx``); Adam with a cosine decay over ``epochs``; no val in the loop."""
+    import keras
+    import tensorflow as tf
+
+    y = np.asarray(labels, np.float32).reshape(-1)
+    use = np.isfinite(y)
+    y = y[use]
+    if not len(y) or y.min() == y.max():
+        raise BrainTumorError("region score: the fit needs regions on a tumor and regions elsewhere")
+    x = np.asarray(crops)[use].astype(np.float32).reshape(-1, size, size, 1)
+    g = np.asarray(geometry, np.float32)[use]
+    w = (np.where(y == 1, 0.5 / y.sum(), 0.5 / (1 - y).sum()) * len(y)).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+
+    def flip(inputs, label, weight):
+        c, gg = inputs
+        do = tf.random.uniform(()) < 0.5
+        c = tf.cond(do, lambda: tf.reverse(c, [1]), lambda: c)
+        gg = tf.cond(do, lambda: tf.concat([gg[:1], 1.0 - gg[1:2], gg[2:]], 0), lambda: gg)
+        return (c, gg), label, weight
+
+    ds = (tf.data.Dataset.from_tensor_slices(((x, g), y, w)).shuffle(len(y), seed=seed)
+          .map(flip).batch(batch).prefetch(2))
+    model = build_scorer(size, widths)
+    steps = max(1, epochs * int(np.ceil(len(y) / batch)))
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
+                  loss="binary_crossentropy", weighted_metrics=["AUC"])
+    model.fit(ds, epochs=epochs, verbose=verbose)
+    return model

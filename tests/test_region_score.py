@@ -1,0 +1,172 @@
+"""braintumor.region_score: crops, the combined score, rescoring detect() results, the file, the fit."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from braintumor.errors import BrainTumorError
+from braintumor.mrcnn.inputs import ResizeInfo
+from braintumor import region_score as R
+
+SMALL = dict(size=16, widths=(4, 8))
+
+
+def _scorer(weight=0.5, **kw) -> R.RegionScore:
+    return R.RegionScore(R.build_scorer(SMALL["size"], SMALL["widths"]), weight=weight, **SMALL, **kw)
+
+
+def test_boxes_map_to_the_molded_frame_by_hand():
+    # a 100 x 50 image in a 128 x 128 square: scale 1.28, padded 32 px left and right
+    info = ResizeInfo(window=(0, 32, 128, 96), scale=1.28, padding=[(0, 0), (32, 32), (0, 0)], crop=None,
+                      original_shape=(100, 50, 3), molded_shape=(128, 128, 3))
+    got = R.to_molded_frame(np.array([[10, 5, 60, 45]]), info)
+    np.testing.assert_allclose(got, [[12.8 / 128, 38.4 / 128, 76.8 / 128, 89.6 / 128]], atol=1e-6)
+    cropped = ResizeInfo(window=(0, 0, 64, 64), scale=1.0, padding=[(0, 0)] * 3, crop=(10, 20, 64, 64),
+                         original_shape=(100, 100, 3), molded_shape=(64, 64, 3))
+    np.testing.assert_allclose(R.to_molded_frame(np.array([[10, 20, 42, 52]]), cropped), [[0, 0, 0.5, 0.5]], atol=1e-6)
+
+
+def test_a_crop_is_the_grey_square_around_the_box_with_context():
+    molded = np.full((1, 64, 64, 3), 5.0, np.float32)
+    molded[0, 24:40, 16:48] = [30.0, 60.0, 90.0]          # a 16 x 32 box of grey 60 on grey 5
+    box = np.array([[24 / 64, 16 / 64, 40 / 64, 48 / 64]])
+    tight, geometry = R.region_crops(molded, box, size=16, context=1.0)
+    assert tight.shape == (1, 16, 16, 1)
+    # the square is the longer side (32 px) about the centre: rows 16..48, the box's 16 rows in the middle half
+    assert tight[0, 5:11, 1:15, 0].min() == pytest.approx(60.0) and tight[0, :3, :, 0].max() == pytest.approx(5.0)
+    np.testing.assert_allclose(geometry, [[0.5, 0.5, np.log(0.25), np.log(0.5)]], atol=1e-6)
+    wide, _ = R.region_crops(molded, box, size=16, context=2.0)
+    assert wide[0, 7:9, 7:9, 0].min() == pytest.approx(60.0)   # centre on the box
+    assert wide[0, :, :2, 0].max() == pytest.approx(5.0)        # 64 px square: the sides are outside the box
+    corner, _ = R.region_crops(molded, np.array([[0.0, 0.0, 0.1, 0.1]]), size=16, context=3.0)
+    assert corner[0, :4, :4, 0].max() == 0.0                    # outside the image reads 0 (the mean pixel)
+    assert corner[0, 8:, 8:, 0].min() == pytest.approx(5.0)
+    empty, g = R.region_crops(molded, np.zeros((0, 4)), size=16)
+    assert empty.shape == (0, 16, 16, 1) and g.shape == (0, 4)
+
+
+def test_the_combined_score_is_a_weighted_geometric_mean():
+    det, reg = np.array([0.9, 0.4, 0.2]), np.array([0.1, 0.9, 1.0])
+    np.testing.assert_allclose(_scorer(0.0).combine(det, reg), det, rtol=1e-6)
+    np.testing.assert_allclose(_scorer(1.0).combine(det, reg), reg, rtol=1e-6)
+    np.testing.assert_allclose(_scorer(0.5).combine(det, reg), np.sqrt(det * reg), rtol=1e-6)
+    np.testing.assert_allclose(_scorer(0.25).combine(det, reg), det ** 0.75 * reg ** 0.25, rtol=1e-6)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(BrainTumorError, match="weight"):
+            _scorer(bad)
+    with pytest.raises(BrainTumorError, match="detector_floor"):
+        _scorer(0.5, detector_floor=0.0)
+
+
+def _result(scores, h=64, w=64):
+    n = len(scores)
+    rois = np.array([[4 * k, 4 * k, 4 * k + 20, 4 * k + 20] for k in range(n)], np.int32).reshape(-1, 4)
+    masks = np.zeros((h, w, n), bool)
+    for k, (y1, x1, y2, x2) in enumerate(rois):
+        masks[y1:y2, x1:x2, k] = True
+    return {"rois": rois, "class_ids": np.ones(n, np.int32), "scores": np.asarray(scores, np.float32),
+            "masks": masks, "image_features": np.ones(4, np.float32)}
+
+
+def test_rescore_reorders_by_the_combined_score_and_applies_floor_and_secondary_rule(monkeypatch):
+    from tests.mrcnn_testutil import tiny_config
+
+    rs = _scorer(0.5)
+    region = np.array([0.01, 0.81, 0.64, 0.25], np.float32)
+    monkeypatch.setattr(R.RegionScore, "score_regions", lambda self, r, molded, info: region[:len(r["scores"])])
+    image = np.zeros((64, 64, 3), np.uint8)
+    res = _result([0.9, 0.36, 0.64, 0.04])                  # combined 0.095, 0.54, 0.64, 0.1
+    out = rs.rescore(res, image, tiny_config(), floor=0.09, secondary=0.0)
+    np.testing.assert_allclose(out["scores"], [0.64, 0.54, 0.1, 0.094868], atol=1e-5)
+    np.testing.assert_allclose(out["detector_scores"], [0.64, 0.36, 0.04, 0.9], atol=1e-6)
+    np.testing.assert_allclose(out["region_scores"], [0.64, 0.81, 0.25, 0.01], atol=1e-6)
+    assert out["rois"][:, 0].tolist() == [8, 4, 12, 0] and out["masks"][:, :, 0].sum() == 400
+    assert out["masks"][8, 8, 0] and not out["masks"][0, 0, 0]
+    assert out["image_features"] is res["image_features"]
+    floor = rs.rescore(res, image, tiny_config(), floor=0.5, secondary=0.0)
+    assert floor["scores"].shape == (2,) and floor["masks"].shape == (64, 64, 2)
+    strong = rs.rescore(res, image, tiny_config(), floor=0.05, secondary=0.6)   # the best, and others >= 0.6
+    np.testing.assert_allclose(strong["scores"], [0.64], atol=1e-6)
+    none = rs.rescore(_result([]), image, tiny_config(), floor=0.05)
+    assert none["scores"].shape == (0,) and none["masks"].shape == (64, 64, 0) and none["region_scores"].shape == (0,)
+
+
+def test_score_regions_reads_the_molded_image_and_gives_probabilities():
+    from braintumor.mrcnn.inputs import mold_inputs
+    from tests.mrcnn_testutil import blob_image, tiny_config
+
+    image, _ = blob_image(48, 64, [(10, 10, 30, 40)])
+    molded, _, infos = mold_inputs([image], tiny_config())
+    p = _scorer().score_regions(_result([0.5, 0.7], 48, 64), molded, infos[0])
+    assert p.shape == (2,) and p.dtype == np.float32 and ((p > 0) & (p < 1)).all()
+
+
+def test_the_file_round_trips_and_bad_files_fail_in_one_line(tmp_path):
+    rs = _scorer(0.35, detector_floor=0.1, fit={"epochs": 1})
+    path = rs.save(tmp_path / "rs.h5")
+    again = R.load_region_score(path)
+    assert (again.size, again.widths, again.weight, again.detector_floor, again.fit) == (16, (4, 8), 0.35, 0.1, {"epochs": 1})
+    rng = np.random.default_rng(0)
+    crops, geometry = rng.normal(0, 50, (5, 16, 16, 1)).astype(np.float32), rng.uniform(-2, 1, (5, 4)).astype(np.float32)
+    np.testing.assert_allclose(again.probability(crops, geometry), rs.probability(crops, geometry), atol=1e-6)
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
+    with pytest.raises(BrainTumorError, match="missing.h5: region-score file not found"):
+        R.load_region_score(tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(BrainTumorError, match="text.h5: not a region-score file"):
+        R.load_region_score(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(BrainTumorError, match="other.h5: not a region-score model"):
+        R.load_region_score(tmp_path / "other.h5")
+    with h5py.File(path, "a") as f:                       # weights of another architecture
+        f.attrs["widths"] = np.array([4, 8, 16])
+    with pytest.raises(BrainTumorError, match="rs.h5: not a region-score model .*do not fit"):
+        R.load_region_score(path)
+
+
+def test_training_labels_leave_the_ambiguous_band_out():
+    y = R.training_labels(np.array([0.0, 0.29, 0.3, 0.49, 0.5, 0.9]))
+    assert y[:2].tolist() == [0, 0] and np.isnan(y[2:4]).all() and y[4:].tolist() == [1, 1]
+
+
+def test_the_fit_learns_bright_blobs_from_noise():
+    rng = np.random.default_rng(0)
+    n = 192
+    crops = rng.normal(0, 20, (n, 16, 16)).astype(np.float32)
+    labels = (np.arange(n) % 4 == 0).astype(np.float32)          # a quarter positive: the class weights matter
+    crops[labels == 1, 5:11, 5:11] += 120.0
+    geometry = rng.uniform(0, 1, (n, 4)).astype(np.float32)      # carries no signal
+    labels_with_ambiguous = labels.copy()
+    labels_with_ambiguous[1] = np.nan
+    model = R.fit_scorer(crops, geometry, labels_with_ambiguous, epochs=6, seed=0, batch=32, learning_rate=3e-3,
+                         verbose=0, **SMALL)
+    p = R.RegionScore(model, **SMALL).probability(crops[..., None], geometry)
+    assert p[labels == 1].min() > p[labels == 0].max()            # every blob ranks above every noise crop
+    with pytest.raises(BrainTumorError, match="on a tumor and regions elsewhere"):
+        R.fit_scorer(crops, geometry, np.zeros(n), epochs=1, verbose=0, **SMALL)
+
+
+def test_predictor_builds_the_network_with_the_scorer_floor_and_rescores(monkeypatch, tmp_path):
+    from braintumor.inference import Predictor
+    from tests.mrcnn_testutil import tiny_config
+
+    cfg = tiny_config(DETECTION_MIN_CONFIDENCE=0.4, DETECTION_SECONDARY_MIN_CONFIDENCE=0.95)
+    pred = Predictor(tmp_path / "w.h5", cfg, threshold=0.4)
+    assert pred.model_config() is cfg
+    pred.region_score = _scorer(0.5, detector_floor=0.05)
+    built = pred.model_config()
+    assert built.DETECTION_MIN_CONFIDENCE == 0.05 and built.DETECTION_SECONDARY_MIN_CONFIDENCE == 0.0
+
+    class Net:
+        def detect(self, images):
+            return [_result([0.9, 0.36])]
+
+    pred._model = Net()
+    monkeypatch.setattr(R.RegionScore, "score_regions", lambda self, r, molded, info: np.array([0.01, 0.81], np.float32))
+    out = pred.detect([np.zeros((64, 64, 3), np.uint8)])[0]
+    # combined 0.095 and 0.54: the floor 0.4 (the config's) leaves the second region only
+    np.testing.assert_allclose(out["scores"], [0.54], atol=1e-6)
+    np.testing.assert_allclose(out["detector_scores"], [0.36], atol=1e-6)
