@@ -106,6 +106,9 @@ def filter_result(result: dict[str, Any], threshold: float) -> dict[str, np.ndar
     class_ids = np.asarray(result.get("class_ids", np.ones(len(scores))), dtype=np.int32).reshape(-1)
     masks = result.get("masks")
     out = {"rois": rois[keep], "class_ids": class_ids[keep], "scores": scores[keep]}
+    for k in ("detector_scores", "region_scores"):  # a region scorer's two parts of each score
+        if result.get(k) is not None and len(result[k]) == len(scores):
+            out[k] = np.asarray(result[k], dtype=np.float32).reshape(-1)[keep]
     if masks is not None:
         out["masks"] = np.asarray(masks)[:, :, keep].astype(bool, copy=False)
     return out

@@ -173,12 +173,16 @@ def instance_stats(result: dict[str, Any], pixel_spacing_mm: Sequence[float] | N
     when there is no mask), ``area_mm2`` (None without spacing), ``bbox``
     ``[y1, x1, y2, x2]`` pixels, ``extent_px`` ``{"height", "width"}`` of the
     mask's tight box in pixels, ``extent_mm`` (same in mm, None without spacing)
-    and ``centroid`` ``[y, x]`` in pixels (mask centre of mass).
+    and ``centroid`` ``[y, x]`` in pixels (mask centre of mass); with a region scorer
+    (:mod:`braintumor.region_score`) also ``detector_confidence`` and ``region_confidence``,
+    the two scores ``confidence`` combines.
     """
     n = _n_instances(result)
     rois = np.asarray(result.get("rois", np.zeros((n, 4))), dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(result.get("scores", np.ones(n)), dtype=np.float64)
     class_ids = np.asarray(result.get("class_ids", np.ones(n)), dtype=np.int64)
+    parts = {k: np.asarray(result[f"{k}_scores"], dtype=np.float64).reshape(-1) for k in ("detector", "region")
+             if result.get(f"{k}_scores") is not None}
     masks = result.get("masks")
     shape = tuple(np.asarray(masks).shape[:2]) if masks is not None else None
     sp = None
@@ -204,6 +208,7 @@ def instance_stats(result: dict[str, Any], pixel_spacing_mm: Sequence[float] | N
             "class": name,
             "class_id": cid,
             "confidence": round(float(scores[i]), 4),
+            **{f"{k}_confidence": round(float(v[i]), 4) for k, v in parts.items()},
             "area_px": area,
             "area_mm2": round(area * sp[0] * sp[1], 2) if sp else None,
             "bbox": [y1, x1, y2, x2],

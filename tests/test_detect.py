@@ -148,6 +148,21 @@ def test_filter_result_orders_by_score():
     assert kept["scores"].tolist() == pytest.approx([0.95, 0.8])
     assert kept["rois"].tolist() == [[4, 5, 6, 7], [8, 9, 10, 11]]
     assert kept["masks"].shape == (8, 8, 2)
+    assert "detector_scores" not in kept
+
+
+def test_a_region_scorers_two_scores_follow_each_kept_region_into_the_report():
+    from braintumor.detect import analyse_result
+
+    masks = np.zeros((8, 8, 2), bool)
+    masks[1:3, 1:3, 0] = masks[4:7, 4:7, 1] = True
+    res = {"rois": np.array([[1, 1, 3, 3], [4, 4, 7, 7]]), "class_ids": np.array([1, 1]),
+           "scores": np.array([0.3, 0.6], np.float32), "masks": masks,
+           "detector_scores": np.array([0.9, 0.4], np.float32), "region_scores": np.array([0.1, 0.9], np.float32)}
+    kept = filter_result(res, 0.5)
+    assert kept["detector_scores"].tolist() == pytest.approx([0.4]) and kept["region_scores"].tolist() == pytest.approx([0.9])
+    [d] = analyse_result(np.zeros((8, 8, 3), np.uint8), res, None, 0.5, ["BG", "tumor"]).report["detections"]
+    assert (d["confidence"], d["detector_confidence"], d["region_confidence"]) == pytest.approx((0.6, 0.4, 0.9))
 
 
 def test_a_checkpoint_that_does_not_load_is_one_error_line(tmp_path, fake, capsys):
