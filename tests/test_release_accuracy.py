@@ -106,6 +106,8 @@ def test_release_accuracy_on_val_and_held_out_tumor_free(rel, real_data_dir, tum
     threshold = float(val.get("threshold") or rel.threshold)
     names = rel.config().CLASS_NAMES
     predictor = load_predictor(rel.head, min_confidence=EVAL_SCORE_FLOOR, precision="float32")  # the card's figures
+    assert (predictor.region_score is None) == (rel.card.get("region_score") is None), \
+        "the card's figures are those of the region scorer the release carries (or of none)"
     res = evaluate_dataset(predictor, load_split(real_data_dir, "val", class_names=names), threshold,
                            tumor_free_dataset=load_tumor_free(tumor_free_dir, "held-out", names), progress=False,
                            flagged_min_confidence=predictor.flagged_threshold)  # as the app outlines flagged scans
