@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--region-score", metavar="FILE.h5",
                     help="region scorer of braintumor fit-region-score, embedded in the release (its regions are "
                          "re-scored by it; evaluate with --region-score for the --metrics)")
+    ex.add_argument("--region-weight", type=float, metavar="W",
+                    help="the region scorer's weight in the release: combined = detector^(1-W) x region^W "
+                         "(default: the scorer's own)")
     ex.add_argument("--flagged-threshold", type=float, metavar="X",
                     help="DETECTION_FLAGGED_MIN_CONFIDENCE: on scans the image-level head flags, outline regions "
                          "down to X (default: the run's; 0: off)")

@@ -746,7 +746,12 @@ def test_release_embeds_a_region_scorer_that_detect_uses_and_carries_it_over(exp
     assert (np.diff(r["scores"]) <= 0).all() and (r["scores"] >= 0.05).all()
 
     again = R.export(head, out=head.parent, replace=True, threshold=0.5, equivalence_images=0, log=lambda *a: None)
-    assert again["region_score"]["weight"] == 0.4
+    assert again["region_score"]["weight"] == 0.4, "released again, the scorer stays as it was"
+    head = R.find_releases(head.parent)[0]
+    again = R.export(head, out=head.parent, replace=True, region_weight=0.25, equivalence_images=0, log=lambda *a: None)
+    assert again["region_score"]["weight"] == 0.25 and R.open_release(R.find_releases(head.parent)[0]).region_score().weight == 0.25
+    with pytest.raises(BrainTumorError, match="--region-weight needs a region scorer"):
+        R.export(exported["ckpt"], out=tmp_path / "none", region_weight=0.3, equivalence_images=0, log=lambda *a: None)
     assert R.open_release(R.find_releases(head.parent)[0]).region_score() is not None
 
     (tmp_path / "bad.h5").write_text("no")

@@ -56,7 +56,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            name: str | None = None, readme: str | None = None, force: bool = False,
            equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
            flagged_threshold: float | None = None, mask_threshold: float | None = None,
-           region_score: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
+           region_score: str | os.PathLike | None = None, region_weight: float | None = None,
+           log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
     weights: a checkpoint path (or ``last``) with its run's config.toml beside it, or a release: the
@@ -100,6 +101,10 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         scorer = load_region_score(region_score)  # refuses a bad file in one line
     elif source is not None:
         scorer = source.region_score()
+    if region_weight is not None:
+        if scorer is None:
+            raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
+        scorer = scorer.with_weight(region_weight)
     cfg = config_for_checkpoint(ckpt, config)
     # A released model answers the same on every machine: float32 inference, whatever the run
     # trained with (PRECISION = "mixed_bfloat16" only where the CPU has bfloat16).
@@ -242,7 +247,8 @@ def cli_export(args) -> int:
                   equivalence_images=args.equivalence_images, image_score=getattr(args, "image_score", None),
                   flagged_threshold=getattr(args, "flagged_threshold", None),
                   mask_threshold=getattr(args, "mask_threshold", None),
-                  region_score=getattr(args, "region_score", None))
+                  region_score=getattr(args, "region_score", None),
+                  region_weight=getattr(args, "region_weight", None))
     for f in card["files"]:
         if "bytes" in f:
             print(f"{f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256']}")
