@@ -178,7 +178,11 @@ def cli_fit_image_score(args) -> int:
     if not 0.5 <= args.sensitivity < 1.0:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
     out = Path(args.out)
-    predictor = load_predictor(args.weights, config=args.config, logs=args.logs,
+    from braintumor.evaluate import EVAL_SCORE_FLOOR
+
+    # every detection down to evaluate's floor: an image's best score is then what evaluate and the app see,
+    # also below the model's own operating point (a lower --operating-point, a region scorer's combined score)
+    predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=EVAL_SCORE_FLOOR,
                                precision=getattr(args, "precision", None) or "float32")
     if getattr(args, "region_score", None):  # the best score of each image is then the combined one
         from braintumor.region_score import load_region_score

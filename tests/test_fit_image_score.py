@@ -81,7 +81,7 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     weights.write_bytes(b"x")
     configs, precisions = [], []
     monkeypatch.setattr(inference, "load_predictor",
-                        lambda w, config=None, logs="logs", precision=None:
+                        lambda w, config=None, logs="logs", min_confidence=None, precision=None:
                         configs.append(config) or precisions.append(precision) or GreyPredictor(weights))
     monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed: _sets(np.random.default_rng(1)))
     data = tmp_path / "data"
@@ -133,7 +133,7 @@ def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alon
     weights = tmp_path / "model.h5"
     weights.write_bytes(b"x")
     pred = GreyPredictor(weights)
-    monkeypatch.setattr(inference, "load_predictor", lambda w, config=None, logs="logs", precision=None: pred)
+    monkeypatch.setattr(inference, "load_predictor", lambda w, config=None, logs="logs", min_confidence=None, precision=None: pred)
 
     class Val:
         image_ids = list(range(20))
