@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "on val, e.g. for detections re-scored by --region-score")
     fi.add_argument("--region-score", metavar="FILE.h5",
                     help="region scorer of braintumor fit-region-score: each image's best score is the combined one")
+    fi.add_argument("--region-weight", type=float, metavar="W",
+                    help="with --region-score: combined = detector^(1-W) x region^W (default: the scorer's own)")
     fi.add_argument("--operating-point", type=float, metavar="T",
                     help="the model's operating point: the threshold is also low enough that no val scan without "
                          "a detection at T goes unflagged (no green 'no tumor' on a val tumor scan)")

@@ -188,6 +188,8 @@ def cli_fit_image_score(args) -> int:
         from braintumor.region_score import load_region_score
 
         predictor.region_score = load_region_score(args.region_score)
+        if getattr(args, "region_weight", None) is not None:
+            predictor.region_score = predictor.region_score.with_weight(args.region_weight)
     if threshold_of:
         return _rethreshold(args, predictor, data, threshold_of, out)
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
@@ -204,6 +206,8 @@ def cli_fit_image_score(args) -> int:
     config = f" --config {args.config}" if args.config else ""
     if getattr(args, "region_score", None):
         config += f" --region-score {args.region_score}"
+        if getattr(args, "region_weight", None) is not None:
+            config += f" --region-weight {args.region_weight:g}"
     command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
                f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
                f"--sensitivity {args.sensitivity:g}" + (f" --operating-point {no_green:g}" if no_green else "")
@@ -257,6 +261,8 @@ def _rethreshold(args, predictor, data: Path, source: str, out: Path) -> int:
     new = choose_threshold(head, feats, best, args.sensitivity, no_green)
     flagged = new.flags(feats, best)
     extra = " --region-score " + str(args.region_score) if getattr(args, "region_score", None) else ""
+    if extra and getattr(args, "region_weight", None) is not None:
+        extra += f" --region-weight {args.region_weight:g}"
     fit = {**(doc.get("fit") or {}), "rethresholded": {
         "from": doc["_where"], "threshold_before": float(head.threshold), "target_sensitivity": args.sensitivity,
         "no_green_at": no_green, "val_sensitivity": round(float(flagged.mean()), 4), "val_images": len(ids),
