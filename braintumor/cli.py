@@ -40,6 +40,13 @@ PRECISION_HELP = ("auto, float32 or mixed_bfloat16: a released model computes in
                   "for a checkpoint it overrides PRECISION (default: auto, or $BRAINTUMOR_PRECISION)")
 
 
+def _region_options(parser, what: str) -> None:
+    """``--region-score`` and ``--region-weight`` (:mod:`braintumor.region_score`); ``what`` the scorer does there."""
+    parser.add_argument("--region-score", metavar="FILE.h5", help=f"region scorer of braintumor fit-region-score: {what}")
+    parser.add_argument("--region-weight", type=float, metavar="W",
+                        help="with a region scorer: combined = detector^(1-W) x region^W (default: the scorer's own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="braintumor", description="Brain-MRI tumor detection and segmentation (Mask R-CNN).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -111,11 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shortcut probe: shrink every image to PX on its longer side and back before detection")
     ev.add_argument("--image-score", metavar="FILE.json",
                     help="image-level head of braintumor fit-image-score (default: the release's own, if it has one)")
-    ev.add_argument("--region-score", metavar="FILE.h5",
-                    help="region scorer of braintumor fit-region-score: each region's score becomes the combined one "
-                         "(default: the release's own, if it has one)")
-    ev.add_argument("--region-weight", type=float, metavar="W",
-                    help="with a region scorer: combined = detector^(1-W) x region^W (default: the scorer's own)")
+    _region_options(ev, "each region's score becomes the combined one (default: the release's own, if it has one)")
     ev.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], help=PRECISION_HELP)
     ev.add_argument("--source-probe", choices=["window"],
                     help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
@@ -155,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--threshold-of", metavar="HEAD.json|model",
                     help="keep this head (a file, or 'model': the release's own) and choose only its threshold again "
                          "on val, e.g. for detections re-scored by --region-score")
-    fi.add_argument("--region-score", metavar="FILE.h5",
-                    help="region scorer of braintumor fit-region-score: each image's best score is the combined one")
-    fi.add_argument("--region-weight", type=float, metavar="W",
-                    help="with --region-score: combined = detector^(1-W) x region^W (default: the scorer's own)")
+    _region_options(fi, "each image's best score is the combined one")
     fi.add_argument("--operating-point", type=float, metavar="T",
                     help="the model's operating point: the threshold is also low enough that no val scan without "
                          "a detection at T goes unflagged (no green 'no tumor' on a val tumor scan)")
@@ -223,12 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--name", help="release name (default: <NAME>-<BACKBONE>, e.g. tumor-resnet101; a release keeps its own)")
     ex.add_argument("--readme", help="README to write the model card into (between the model-card markers)")
     ex.add_argument("--image-score", metavar="FILE.json", help="image-level head of braintumor fit-image-score, embedded in the release")
-    ex.add_argument("--region-score", metavar="FILE.h5",
-                    help="region scorer of braintumor fit-region-score, embedded in the release (its regions are "
-                         "re-scored by it; evaluate with --region-score for the --metrics)")
-    ex.add_argument("--region-weight", type=float, metavar="W",
-                    help="the region scorer's weight in the release: combined = detector^(1-W) x region^W "
-                         "(default: the scorer's own)")
+    _region_options(ex, "embedded in the release, which re-scores its regions with it (evaluate with --region-score "
+                        "for the --metrics)")
     ex.add_argument("--flagged-threshold", type=float, metavar="X",
                     help="DETECTION_FLAGGED_MIN_CONFIDENCE: on scans the image-level head flags, outline regions "
                          "down to X (default: the run's; 0: off)")
