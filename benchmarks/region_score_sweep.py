@@ -99,12 +99,10 @@ def rescored(rec, region: np.ndarray, rs, secondary: float):
     operating point is applied by the metrics)."""
     from braintumor import metrics as M
 
+    from braintumor.region_score import kept_order
+
     combined = rs.combine(rec.scores, region) if rs.weight > 0 else np.asarray(rec.scores, np.float32)
-    order = np.argsort(-combined, kind="stable")
-    if secondary > 0 and len(order) > 1:
-        keep = combined[order] >= secondary
-        keep[0] = True
-        order = order[keep]
+    order = kept_order(combined, 0.0, secondary)
     new = M.ImageRecord(rec.name, rec.height, rec.width, rec.gt_rles, rec.gt_class_ids, rec.gt_boxes,
                         [rec.rles[k] for k in order], combined[order].astype(np.float64), rec.class_ids[order],
                         rec.boxes[order], index=rec.index, image_features=rec.image_features)

@@ -780,14 +780,11 @@ def cli_evaluate(args) -> int:
         from braintumor.image_score import load_image_score
 
         predictor.image_score = load_image_score(args.image_score)
-    if getattr(args, "region_score", None):  # before the model is built: Predictor.load lowers its floor for it
-        from braintumor.region_score import load_region_score
+    if getattr(args, "region_score", None) or getattr(args, "region_weight", None) is not None:
+        from braintumor.region_score import chosen  # before the model is built: Predictor.load lowers its floor
 
-        predictor.region_score = load_region_score(args.region_score)
-    if getattr(args, "region_weight", None) is not None:
-        if getattr(predictor, "region_score", None) is None:
-            raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
-        predictor.region_score = predictor.region_score.with_weight(args.region_weight)
+        predictor.region_score = chosen(getattr(args, "region_score", None), getattr(args, "region_weight", None),
+                                        getattr(predictor, "region_score", None))
     if flagged_min is None:  # the model's own (a release's config, or the run's config.toml)
         flagged_min = getattr(predictor, "flagged_threshold", None)
     if threshold is None:  # the run's own operating point (Predictor.threshold), else its config's

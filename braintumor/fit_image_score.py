@@ -184,14 +184,13 @@ def cli_fit_image_score(args) -> int:
     # also below the model's own operating point (a lower --operating-point, a region scorer's combined score)
     predictor = load_predictor(args.weights, config=args.config, logs=args.logs, min_confidence=EVAL_SCORE_FLOOR,
                                precision=getattr(args, "precision", None) or "float32")
-    if getattr(args, "region_score", None):  # the best score of each image is then the combined one
-        from braintumor.region_score import load_region_score
+    from braintumor.region_score import chosen, command_options
 
-        predictor.region_score = load_region_score(args.region_score)
-        if getattr(args, "region_weight", None) is not None:
-            predictor.region_score = predictor.region_score.with_weight(args.region_weight)
+    region = (getattr(args, "region_score", None), getattr(args, "region_weight", None))
+    if region != (None, None):  # the best score of each image is then the combined one
+        predictor.region_score = chosen(*region, fallback=getattr(predictor, "region_score", None))
     if threshold_of:
-        return _rethreshold(args, predictor, data, threshold_of, out)
+        return _rethreshold(args, predictor, data, threshold_of, out, command_options(*region))
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
                       args.figshare_seed)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
@@ -204,10 +203,7 @@ def cli_fit_image_score(args) -> int:
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
     config = f" --config {args.config}" if args.config else ""
-    if getattr(args, "region_score", None):
-        config += f" --region-score {args.region_score}"
-        if getattr(args, "region_weight", None) is not None:
-            config += f" --region-weight {args.region_weight:g}"
+    config += command_options(*region)
     command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
                f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
                f"--sensitivity {args.sensitivity:g}" + (f" --operating-point {no_green:g}" if no_green else "")
@@ -242,7 +238,7 @@ def _head_document(source: str, predictor) -> dict[str, Any]:
     return doc
 
 
-def _rethreshold(args, predictor, data: Path, source: str, out: Path) -> int:
+def _rethreshold(args, predictor, data: Path, source: str, out: Path, extra: str = "") -> int:
     """``--threshold-of``: the head of ``source`` unchanged but for its threshold, chosen again on val (the model's
     detections, e.g. re-scored by a region scorer, decide which scans a confident detection flags)."""
     from braintumor.data import load_split
@@ -260,9 +256,6 @@ def _rethreshold(args, predictor, data: Path, source: str, out: Path) -> int:
         raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
     new = choose_threshold(head, feats, best, args.sensitivity, no_green)
     flagged = new.flags(feats, best)
-    extra = " --region-score " + str(args.region_score) if getattr(args, "region_score", None) else ""
-    if extra and getattr(args, "region_weight", None) is not None:
-        extra += f" --region-weight {args.region_weight:g}"
     fit = {**(doc.get("fit") or {}), "rethresholded": {
         "from": doc["_where"], "threshold_before": float(head.threshold), "target_sensitivity": args.sensitivity,
         "no_green_at": no_green, "val_sensitivity": round(float(flagged.mean()), 4), "val_images": len(ids),

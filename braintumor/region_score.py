@@ -162,12 +162,7 @@ class RegionScore:
         else:
             region = np.zeros(0, np.float32)
         combined = self.combine(det, region)
-        order = np.argsort(-combined, kind="stable")
-        order = order[combined[order] >= float(floor)]
-        if float(secondary) > 0 and len(order) > 1:  # as keep_best_and_strong: the best, and the strong others
-            keep = combined[order] >= float(secondary)
-            keep[0] = True
-            order = order[keep]
+        order = kept_order(combined, floor, secondary)
         return {**result, "rois": np.asarray(result["rois"])[order], "class_ids": np.asarray(result["class_ids"])[order],
                 "scores": combined[order], "masks": np.asarray(result["masks"])[:, :, order],
                 "detector_scores": det[order], "region_scores": region[order]}
@@ -201,6 +196,37 @@ class RegionScore:
 
     def with_weight(self, weight: float) -> "RegionScore":
         return replace(self, weight=float(weight), _fn=self._fn)
+
+
+def kept_order(scores: np.ndarray, floor: float, secondary: float = 0.0) -> np.ndarray:
+    """Indices of the regions :meth:`RegionScore.rescore` keeps, highest ``scores [N]`` first: those at least
+    ``floor``, and of them the best plus the others at least ``secondary`` (as ``keep_best_and_strong``)."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= float(floor)]
+    if float(secondary) > 0 and len(order) > 1:
+        keep = scores[order] >= float(secondary)
+        keep[0] = True
+        order = order[keep]
+    return order
+
+
+def chosen(path=None, weight: float | None = None, fallback: "RegionScore | None" = None) -> "RegionScore | None":
+    """The scorer of ``--region-score path`` (else ``fallback``, e.g. a release's own) with ``--region-weight``
+    applied; None without either. A weight without a scorer is a one-line error."""
+    scorer = load_region_score(path) if path else fallback
+    if weight is not None:
+        if scorer is None:
+            raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
+        scorer = scorer.with_weight(weight)
+    return scorer
+
+
+def command_options(path=None, weight: float | None = None) -> str:
+    """`` --region-score PATH [--region-weight W]`` for a recorded command ('' without a scorer file)."""
+    if not path:
+        return ""
+    return f" --region-score {path}" + (f" --region-weight {weight:g}" if weight is not None else "")
 
 
 def from_h5(group, where: str) -> RegionScore:

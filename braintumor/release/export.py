@@ -94,17 +94,11 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
         image_score_text = Path(image_score).read_text(encoding="utf-8")
     ckpt = resolve_weights(weights)
     source = open_release(ckpt) if is_release(ckpt) else None  # verified: a release released again
-    scorer = None
-    if region_score is not None:
-        from braintumor.region_score import load_region_score
+    from braintumor.region_score import chosen
 
-        scorer = load_region_score(region_score)  # refuses a bad file in one line
-    elif source is not None:
-        scorer = source.region_score()
-    if region_weight is not None:
-        if scorer is None:
-            raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
-        scorer = scorer.with_weight(region_weight)
+    # a bad file is refused in one line; a release released again keeps its own scorer
+    scorer = chosen(region_score, region_weight,
+                    source.region_score() if source is not None and region_score is None else None)
     cfg = config_for_checkpoint(ckpt, config)
     # A released model answers the same on every machine: float32 inference, whatever the run
     # trained with (PRECISION = "mixed_bfloat16" only where the CPU has bfloat16).

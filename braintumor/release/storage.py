@@ -215,7 +215,6 @@ class Release:
         except (ValueError, BrainTumorError) as e:
             raise BrainTumorError(f"{self.head}: embedded image_score.json unusable ({str(e).splitlines()[0]})") from None
 
-
     def region_score(self):
         """The embedded region scorer (:class:`braintumor.region_score.RegionScore`), or None."""
         from braintumor.region_score import from_h5
