@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--figshare-every", type=int, default=2, metavar="N", help="every N-th Figshare train slice (default 2)")
     fr.add_argument("--tumor-free-every", type=int, default=2, metavar="N", help="every N-th tumor-free train image (default 2)")
     fr.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
-    fr.add_argument("--context", type=float, default=1.5, help="crop side / the region box's longer side (default 1.5)")
+    fr.add_argument("--context", type=float, nargs="+", default=[1.5], metavar="C",
+                    help="crop side / the region box's longer side; several: one channel each (default 1.5)")
     fr.add_argument("--epochs", type=int, default=8, help="passes over the training regions (default 8)")
     fr.add_argument("--seed", type=int, default=0)
     fr.add_argument("--weight", type=float, default=0.5,

@@ -25,7 +25,7 @@ import numpy as np
 
 from braintumor.errors import BrainTumorError
 from braintumor.region_score import (CONTEXT, DETECTOR_FLOOR, NEGATIVE_IOU, POSITIVE_IOU, SIZE, WEIGHT, RegionScore,
-                                     fit_scorer, region_crops, training_labels)
+                                     contexts_of, fit_scorer, region_crops, training_labels)
 
 POSITIVES, TOP_NEGATIVES, RANDOM_NEGATIVES = 16, 16, 16  # regions an image, at most
 
@@ -97,16 +97,16 @@ def training_sets(data: Path, figshare: Path | None, tumor_free: Path | None, fi
     return sets
 
 
-def _tag(weights: Path, size: int, context: float) -> str:
+def _tag(weights: Path, size: int) -> str:
     st = weights.stat()
-    key = f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{context:g}|{POSITIVES},{TOP_NEGATIVES},{RANDOM_NEGATIVES}"
+    key = f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{POSITIVES},{TOP_NEGATIVES},{RANDOM_NEGATIVES}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def collect(regions: ProposalRegions, name: str, ds, ids: list, size: int, context: float, seed: int = 0,
+def collect(regions: ProposalRegions, name: str, ds, ids: list, size: int, context, seed: int = 0,
             log=_say) -> dict[str, np.ndarray]:
-    """The training crops of one set: ``{"crops" float16 [K, size, size], "geometry" [K, 4], "score" [K],
-    "iou" [K], "image" int32 [K] (index into "names"), "names" [N]}``."""
+    """The training crops of one set: ``{"crops" float16 [K, size, size, C], "contexts" [C], "geometry" [K, 4],
+    "score" [K], "iou" [K], "image" int32 [K] (index into "names"), "names" [N]}``, one channel per context."""
     rng = np.random.default_rng(seed)
     rows: dict[str, list] = {k: [] for k in ("crops", "geometry", "score", "iou", "image")}
     names = []
@@ -116,7 +116,7 @@ def collect(regions: ProposalRegions, name: str, ds, ids: list, size: int, conte
         r = regions(ds.load_image(i), np.asarray(ds.load_mask(i)[0], bool))
         keep = pick_regions(r["iou"], r["score"], rng)
         crops, geometry = region_crops(r["molded"], r["refined"][keep], size, context)
-        rows["crops"].append(crops[..., 0].astype(np.float16))
+        rows["crops"].append(crops.astype(np.float16))
         rows["geometry"].append(geometry)
         rows["score"].append(r["score"][keep].astype(np.float32))
         rows["iou"].append(r["iou"][keep].astype(np.float32))
@@ -126,24 +126,40 @@ def collect(regions: ProposalRegions, name: str, ds, ids: list, size: int, conte
             log(f"  {name}: {n + 1}/{len(ids)} images, {time.perf_counter() - t0:.0f} s")
     out = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in rows.items()}
     out["names"] = np.asarray(names)
+    out["contexts"] = np.asarray(contexts_of(context), np.float64)
     return out
 
 
-def cached_crops(regions, sets, weights: Path, size: int, context: float, cache: Path | None,
+def _channels(arrays: dict[str, np.ndarray], contexts: tuple[float, ...]) -> dict[str, np.ndarray] | None:
+    """``arrays`` with ``crops`` cut to ``contexts``' channels in that order; None if one is not among them."""
+    have = [float(c) for c in np.atleast_1d(arrays.get("contexts", np.zeros(0)))]
+    crops = arrays["crops"] if arrays["crops"].ndim == 4 else arrays["crops"][..., None]
+    if len(have) != crops.shape[-1] or not all(c in have for c in contexts):
+        return None
+    return {**arrays, "crops": crops[..., [have.index(c) for c in contexts]],
+            "contexts": np.asarray(contexts, np.float64)}
+
+
+def cached_crops(regions, sets, weights: Path, size: int, context, cache: Path | None,
                  log=_say) -> dict[str, dict[str, np.ndarray]]:
-    """name -> :func:`collect`'s arrays, read from ``cache`` when there (written atomically)."""
-    tag = _tag(weights, size, context)
+    """name -> :func:`collect`'s arrays with one crop channel per ``context``, read from ``cache`` when a file
+    there holds them all (a file with more contexts serves any of them), else collected and cached (written
+    atomically)."""
+    contexts = contexts_of(context)
+    tag = _tag(weights, size)
     out = {}
     for name, ds, ids in sets:
         path = cache / f"regions_{name}-{tag}.npz" if cache is not None else None
         if path is not None and path.is_file():
-            out[name] = dict(np.load(path))
-            log(f"  {name}: {len(out[name]['names'])} images, {len(out[name]['iou'])} regions (cached)")
-            continue
+            found = _channels(dict(np.load(path)), contexts)
+            if found is not None:
+                out[name] = found
+                log(f"  {name}: {len(found['names'])} images, {len(found['iou'])} regions (cached)")
+                continue
         if not ids:
             raise BrainTumorError(f"{name}: no images")
         t0 = time.perf_counter()
-        out[name] = collect(regions, name, ds, ids, size, context, log=log)
+        out[name] = collect(regions, name, ds, ids, size, contexts, log=log)
         log(f"  {name}: {len(ids)} images, {len(out[name]['iou'])} regions, {time.perf_counter() - t0:.0f} s")
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +194,7 @@ def cli_fit_region_score(args) -> int:
     g = np.concatenate([c["geometry"] for c in crops.values()])
     y = training_labels(np.concatenate([c["iou"] for c in crops.values()]))
     model = fit_scorer(x, g, y, epochs=args.epochs, seed=args.seed, size=args.size)
+    contexts = " ".join(f"{c:g}" for c in contexts_of(args.context))
     figshare = f" --figshare {args.figshare} --figshare-every {args.figshare_every}" if args.figshare else ""
     free = f" --tumor-free {args.tumor_free} --tumor-free-every {args.tumor_free_every}" if args.tumor_free else ""
     fit = {"weights": weights.name,
@@ -186,7 +203,7 @@ def cli_fit_region_score(args) -> int:
                     for name, c in crops.items()},
            "epochs": args.epochs, "seed": args.seed, "crop_seconds": round(t1 - t0), "fit_seconds": round(time.perf_counter() - t1),
            "command": (f"braintumor fit-region-score --weights {weights} --data {data}{figshare}{free} --size {args.size} "
-                       f"--context {args.context:g} --epochs {args.epochs} --seed {args.seed} --weight {args.weight:g} "
+                       f"--context {contexts} --epochs {args.epochs} --seed {args.seed} --weight {args.weight:g} "
                        f"--out {args.out}")}
     rs = RegionScore(model, size=args.size, context=args.context, weight=args.weight, detector_floor=DETECTOR_FLOOR,
                      fit=fit)

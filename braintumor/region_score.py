@@ -7,8 +7,9 @@ grey pixels around each region tells tumor from elsewhere far better
 
 What it reads, per region: a square crop of the **molded** image (as the Mask R-CNN reads it,
 ``(pixel - MEAN_PIXEL)``, the channels' mean), centred on the region's box, ``context`` times the
-box's longer side, resized to ``size`` x ``size`` pixels; and its geometry ``[cy, cx, log h, log w]``
-of the box, normalized to the molded frame. Output: P(tumor) ``[K]`` in (0, 1).
+box's longer side, resized to ``size`` x ``size`` pixels (several contexts, e.g. ``(1.5, 3.0)``: one such
+crop each, as channels); and its geometry ``[cy, cx, log h, log w]`` of the box, normalized to the molded
+frame. Output: P(tumor) ``[K]`` in (0, 1).
 
 How it is used (:meth:`RegionScore.rescore`): the detection layer runs down to ``detector_floor``
 (every region it keeps, up to ``DETECTION_MAX_INSTANCES``); each region's score becomes
@@ -16,7 +17,8 @@ How it is used (:meth:`RegionScore.rescore`): the detection layer runs down to `
 best region plus others scoring at least ``DETECTION_SECONDARY_MIN_CONFIDENCE`` stay
 (:func:`braintumor.mrcnn.inputs.keep_best_and_strong`).
 
-File: HDF5, attributes ``braintumor_region_score`` (format version), ``size``, ``context``,
+File: HDF5, attributes ``braintumor_region_score`` (format version: 1 for one context, 2 for several),
+``size``, ``context`` (a number, or an array of them),
 ``widths``, ``weight``, ``detector_floor``; datasets ``weights/NNN`` (the Keras model's weights
 in order, float32) and ``fit.json`` (how it was fitted). Fitted by ``braintumor fit-region-score``
 (:mod:`braintumor.fit_region_score`).
@@ -34,7 +36,7 @@ import numpy as np
 
 from braintumor.errors import BrainTumorError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: crops of several contexts (files of one context are still written as 1)
 SIZE = 64          # crop side, pixels
 CONTEXT = 1.5      # crop side / the box's longer side
 WIDTHS = (16, 32, 64, 128)  # channels of the four conv blocks
@@ -54,31 +56,44 @@ def to_molded_frame(rois: np.ndarray, info) -> np.ndarray:
     return (boxes / np.array([mh, mw, mh, mw])).astype(np.float32)
 
 
-def region_crops(molded: np.ndarray, boxes: np.ndarray, size: int = SIZE, context: float = CONTEXT
+def region_crops(molded: np.ndarray, boxes: np.ndarray, size: int = SIZE, context=CONTEXT
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``molded [1, h, w, C]`` float32 (``mold_inputs``), ``boxes [K, (y1, x1, y2, x2)]`` normalized ->
-    ``(crops float32 [K, size, size, 1], geometry float32 [K, (cy, cx, log h, log w)])``: the channels' mean in a
-    square ``context`` times the box's longer side (in pixels), centred on the box; outside the image is 0."""
+    ``(crops float32 [K, size, size, len(contexts)], geometry float32 [K, (cy, cx, log h, log w)])``: per
+    context (a number or a sequence of them; one channel each) the channels' mean in a square ``context`` times
+    the box's longer side (in pixels), centred on the box; outside the image is 0."""
     import tensorflow as tf
 
+    contexts = contexts_of(context)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     h, w = molded.shape[1:3]
     cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     bh = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
     bw = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
-    side = np.maximum(bh * h, bw * w) * float(context)  # pixels
-    square = np.stack([cy - side / h / 2, cx - side / w / 2, cy + side / h / 2, cx + side / w / 2], 1)
     geometry = np.stack([cy, cx, np.log(bh), np.log(bw)], 1).astype(np.float32)
     if not len(boxes):
-        return np.zeros((0, size, size, 1), np.float32), geometry.reshape(0, 4)
+        return np.zeros((0, size, size, len(contexts)), np.float32), geometry.reshape(0, 4)
     grey = np.asarray(molded, np.float32).mean(-1, keepdims=True)
-    crops = tf.image.crop_and_resize(grey, square.astype(np.float32), np.zeros(len(square), np.int32),
-                                     (size, size), extrapolation_value=0.0).numpy()
-    return crops, geometry
+    channels = []
+    for c in contexts:
+        side = np.maximum(bh * h, bw * w) * c  # pixels
+        square = np.stack([cy - side / h / 2, cx - side / w / 2, cy + side / h / 2, cx + side / w / 2], 1)
+        channels.append(tf.image.crop_and_resize(grey, square.astype(np.float32), np.zeros(len(square), np.int32),
+                                                 (size, size), extrapolation_value=0.0).numpy())
+    return np.concatenate(channels, -1), geometry
 
 
-def build_scorer(size: int = SIZE, widths=WIDTHS):
-    """The CNN: crop ``[size, size, 1]`` and geometry ``[4]`` -> P(tumor) ``[1]``; float32 whatever the global
+def contexts_of(context) -> tuple[float, ...]:
+    """A crop context (a number, or a sequence of them) -> a non-empty tuple of positive floats."""
+    values = tuple(float(c) for c in np.atleast_1d(np.asarray(context, np.float64)).reshape(-1))
+    if not values or min(values) <= 0:
+        raise BrainTumorError(f"region score: context must be one or more positive numbers, got {context!r}")
+    return values
+
+
+def build_scorer(size: int = SIZE, widths=WIDTHS, channels: int = 1):
+    """The CNN: crops ``[size, size, channels]`` (one channel per context) and geometry ``[4]`` -> P(tumor) ``[1]``;
+    float32 whatever the global
     dtype policy (it is small, and its threshold-free combination must not move with the detector's precision).
 
     Four blocks of two 3x3 conv + BatchNorm + ReLU (``widths`` channels), 2x max pooling between blocks and
@@ -89,7 +104,7 @@ def build_scorer(size: int = SIZE, widths=WIDTHS):
     from braintumor.mrcnn.precision import float32_scope
 
     with float32_scope():
-        crop, geom = keras.Input((size, size, 1), name="crop"), keras.Input((4,), name="geometry")
+        crop, geom = keras.Input((size, size, int(channels)), name="crop"), keras.Input((4,), name="geometry")
         x = crop
         for k, c in enumerate(widths):
             for j in range(2):
@@ -108,9 +123,9 @@ def build_scorer(size: int = SIZE, widths=WIDTHS):
 class RegionScore:
     """A fitted region scorer (module docstring) and how its score combines with the detector's."""
 
-    model: Any                       # keras.Model of build_scorer(size, widths)
+    model: Any                       # keras.Model of build_scorer(size, widths, len(contexts))
     size: int = SIZE
-    context: float = CONTEXT
+    context: Any = CONTEXT           # a number, or a tuple of them: one crop channel each
     widths: tuple = WIDTHS
     weight: float = WEIGHT
     detector_floor: float = DETECTOR_FLOOR
@@ -122,16 +137,23 @@ class RegionScore:
             raise BrainTumorError(f"region score: weight must be in [0, 1], got {self.weight}")
         if not 0.0 < float(self.detector_floor) < 1.0:
             raise BrainTumorError(f"region score: detector_floor must be in (0, 1), got {self.detector_floor}")
+        contexts = contexts_of(self.context)
+        self.context = contexts[0] if len(contexts) == 1 else contexts
+
+    @property
+    def contexts(self) -> tuple[float, ...]:
+        return contexts_of(self.context)
 
     def probability(self, crops: np.ndarray, geometry: np.ndarray) -> np.ndarray:
-        """``[K]`` float32 P(tumor) of ``crops [K, size, size, 1]`` and ``geometry [K, 4]`` (:func:`region_crops`)."""
+        """``[K]`` float32 P(tumor) of ``crops [K, size, size, len(contexts)]`` and ``geometry [K, 4]``
+        (:func:`region_crops`)."""
         if not len(crops):
             return np.zeros(0, np.float32)
         if self._fn is None:
             import tensorflow as tf
 
             model = self.model
-            spec = [tf.TensorSpec((None, self.size, self.size, 1), tf.float32), tf.TensorSpec((None, 4), tf.float32)]
+            spec = [tf.TensorSpec((None, self.size, self.size, len(self.contexts)), tf.float32), tf.TensorSpec((None, 4), tf.float32)]
             self._fn = tf.function(lambda c, g: model([c, g], training=False), input_signature=spec)
         return np.asarray(self._fn(np.asarray(crops, np.float32), np.asarray(geometry, np.float32)))[:, 0]
 
@@ -170,8 +192,10 @@ class RegionScore:
     # ------------------------------------------------------------------ files
     def to_h5(self, group) -> None:
         """Write into an open h5py group (a file of its own, or a release's head)."""
-        group.attrs["braintumor_region_score"] = FORMAT_VERSION
-        group.attrs["size"], group.attrs["context"] = int(self.size), float(self.context)
+        contexts = self.contexts
+        group.attrs["braintumor_region_score"] = 1 if len(contexts) == 1 else FORMAT_VERSION  # 1: one context
+        group.attrs["size"] = int(self.size)
+        group.attrs["context"] = contexts[0] if len(contexts) == 1 else np.asarray(contexts, np.float64)
         group.attrs["widths"] = np.asarray(self.widths, np.int64)
         group.attrs["weight"], group.attrs["detector_floor"] = float(self.weight), float(self.detector_floor)
         w = group.create_group("weights")
@@ -237,14 +261,16 @@ def from_h5(group, where: str) -> RegionScore:
         if version > FORMAT_VERSION:
             raise ValueError(f"format {version} is newer than this code reads ({FORMAT_VERSION})")
         size, widths = int(group.attrs["size"]), tuple(int(c) for c in group.attrs["widths"])
+        contexts = contexts_of(group.attrs["context"])
         weights = [np.asarray(group["weights"][k][()], np.float32) for k in sorted(group["weights"])]
         fit = json.loads(bytes(np.asarray(group["fit.json"][()], np.uint8)).decode("utf-8"))
-        model = build_scorer(size, widths)
+        model = build_scorer(size, widths, len(contexts))
         shapes = [tuple(v.shape) for v in model.get_weights()]
         if shapes != [w.shape for w in weights]:
-            raise ValueError(f"{len(weights)} weight tensors do not fit a scorer of size {size}, widths {list(widths)}")
+            raise ValueError(f"{len(weights)} weight tensors do not fit a scorer of size {size}, widths {list(widths)}, "
+                             f"{len(contexts)} context(s)")
         model.set_weights(weights)
-        return RegionScore(model, size=size, context=float(group.attrs["context"]), widths=widths,
+        return RegionScore(model, size=size, context=contexts, widths=widths,
                            weight=float(group.attrs["weight"]), detector_floor=float(group.attrs["detector_floor"]),
                            fit=fit)
     except BrainTumorError as e:
@@ -276,7 +302,7 @@ def training_labels(iou: np.ndarray) -> np.ndarray:
 
 def fit_scorer(crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, epochs: int = 8, seed: int = 0,
                batch: int = 128, learning_rate: float = 1e-3, size: int = SIZE, widths=WIDTHS, verbose: int = 2):
-    """A :func:`build_scorer` model fitted on ``crops [K, size, size(, 1)]``, ``geometry [K, 4]``, ``labels [K]``
+    """A :func:`build_scorer` model fitted on ``crops [K, size, size(, C)]``, ``geometry [K, 4]``, ``labels [K]``
     (1 / 0; NaN rows are left out). Positives and negatives weigh the same in all; left-right flips (the crop
     and ``cx``); Adam with a cosine decay over ``epochs``; no val in the loop."""
     import keras
@@ -287,7 +313,10 @@ def fit_scorer(crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, epoc
     y = y[use]
     if not len(y) or y.min() == y.max():
         raise BrainTumorError("region score: the fit needs regions on a tumor and regions elsewhere")
-    x = np.asarray(crops)[use].astype(np.float32).reshape(-1, size, size, 1)
+    x = np.asarray(crops)[use].astype(np.float32)
+    x = x.reshape(*x.shape[:3], -1)  # [K, size, size, C]
+    if x.shape[1:3] != (size, size):
+        raise BrainTumorError(f"region score: crops are {x.shape[1]} x {x.shape[2]} px, the scorer reads {size}")
     g = np.asarray(geometry, np.float32)[use]
     w = (np.where(y == 1, 0.5 / y.sum(), 0.5 / (1 - y).sum()) * len(y)).astype(np.float32)
     keras.utils.set_random_seed(seed)
@@ -301,7 +330,7 @@ def fit_scorer(crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, epoc
 
     ds = (tf.data.Dataset.from_tensor_slices(((x, g), y, w)).shuffle(len(y), seed=seed)
           .map(flip).batch(batch).prefetch(2))
-    model = build_scorer(size, widths)
+    model = build_scorer(size, widths, x.shape[-1])
     steps = max(1, epochs * int(np.ceil(len(y) / batch)))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
                   loss="binary_crossentropy", weighted_metrics=["AUC"])

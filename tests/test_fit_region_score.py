@@ -39,9 +39,9 @@ def test_proposal_regions_label_refined_boxes_and_crops_are_cached(tmp_path):
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"model")
     sets = [("blobs", ds, list(ds.image_ids))]
-    first = F.cached_crops(regions, sets, weights, 16, 1.5, tmp_path / "cache", log=lambda *a: None)["blobs"]
+    first = F.cached_crops(regions, sets, weights, 16, (1.5, 3.0), tmp_path / "cache", log=lambda *a: None)["blobs"]
     k = len(first["iou"])
-    assert first["crops"].shape == (k, 16, 16) and first["crops"].dtype == np.float16 and first["geometry"].shape == (k, 4)
+    assert first["crops"].shape == (k, 16, 16, 2) and first["crops"].dtype == np.float16 and first["geometry"].shape == (k, 4)
     assert first["image"].max() == 2 and list(first["names"]) == ["img0.png", "img1.png", "img2.png"]
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
 
@@ -49,8 +49,13 @@ def test_proposal_regions_label_refined_boxes_and_crops_are_cached(tmp_path):
         def __call__(self, *a):
             raise AssertionError("the cache is read instead")
 
-    again = F.cached_crops(Never(), sets, weights, 16, 1.5, tmp_path / "cache", log=lambda *a: None)["blobs"]
+    again = F.cached_crops(Never(), sets, weights, 16, (1.5, 3.0), tmp_path / "cache", log=lambda *a: None)["blobs"]
     np.testing.assert_array_equal(again["crops"], first["crops"])
+    wide = F.cached_crops(Never(), sets, weights, 16, 3.0, tmp_path / "cache", log=lambda *a: None)["blobs"]
+    np.testing.assert_array_equal(wide["crops"], first["crops"][..., 1:])   # one context of the file serves alone
+    assert list(wide["contexts"]) == [3.0]
+    with pytest.raises(AssertionError, match="the cache is read instead"):    # a context the file lacks
+        F.cached_crops(Never(), sets, weights, 16, 2.0, tmp_path / "cache", log=lambda *a: None)
     weights.write_bytes(b"another model")  # another model file never reads the old crops
     with pytest.raises(AssertionError, match="the cache is read instead"):
         F.cached_crops(Never(), sets, weights, 16, 1.5, tmp_path / "cache", log=lambda *a: None)

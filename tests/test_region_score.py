@@ -47,6 +47,23 @@ def test_a_crop_is_the_grey_square_around_the_box_with_context():
     assert empty.shape == (0, 16, 16, 1) and g.shape == (0, 4)
 
 
+def test_several_contexts_give_one_channel_each():
+    molded = np.random.default_rng(3).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    boxes = np.array([[0.2, 0.3, 0.5, 0.45], [0.6, 0.1, 0.9, 0.7]])
+    both, geometry = R.region_crops(molded, boxes, size=16, context=(1.5, 3.0))
+    assert both.shape == (2, 16, 16, 2)
+    for k, c in enumerate((1.5, 3.0)):
+        one, g = R.region_crops(molded, boxes, size=16, context=c)
+        np.testing.assert_allclose(both[..., k], one[..., 0], atol=1e-4)
+        np.testing.assert_array_equal(g, geometry)
+    assert not np.allclose(both[..., 0], both[..., 1])
+    assert R.region_crops(molded, np.zeros((0, 4)), size=16, context=[1.5, 3])[0].shape == (0, 16, 16, 2)
+    assert R.contexts_of(2) == (2.0,) and R.contexts_of([1.5, 3]) == (1.5, 3.0)
+    for bad in ([], [1.5, 0.0], -1):
+        with pytest.raises(BrainTumorError, match="context"):
+            R.contexts_of(bad)
+
+
 def test_the_combined_score_is_a_weighted_geometric_mean():
     det, reg = np.array([0.9, 0.4, 0.2]), np.array([0.1, 0.9, 1.0])
     np.testing.assert_allclose(_scorer(0.0).combine(det, reg), det, rtol=1e-6)
@@ -127,6 +144,30 @@ def test_the_file_round_trips_and_bad_files_fail_in_one_line(tmp_path):
         R.load_region_score(path)
 
 
+def test_a_scorer_of_two_contexts_round_trips_and_reads_two_channels(tmp_path):
+    from braintumor.mrcnn.inputs import mold_inputs
+    from tests.mrcnn_testutil import blob_image, tiny_config
+
+    rs = R.RegionScore(R.build_scorer(16, (4, 8), channels=2), size=16, widths=(4, 8), context=[1.5, 3.0])
+    assert rs.contexts == (1.5, 3.0) and rs.context == (1.5, 3.0)
+    path = rs.save(tmp_path / "two.h5")
+    with h5py.File(path, "r") as f:
+        assert f.attrs["braintumor_region_score"] == 2 and list(f.attrs["context"]) == [1.5, 3.0]
+    with h5py.File(_scorer().save(tmp_path / "one.h5"), "r") as f:
+        assert f.attrs["braintumor_region_score"] == 1 and float(f.attrs["context"]) == 1.5  # as before
+    again = R.load_region_score(path)
+    assert again.contexts == (1.5, 3.0)
+    image, _ = blob_image(48, 64, [(10, 10, 30, 40)])
+    molded, _, infos = mold_inputs([image], tiny_config())
+    res = _result([0.5, 0.7], 48, 64)
+    np.testing.assert_allclose(again.score_regions(res, molded, infos[0]), rs.score_regions(res, molded, infos[0]),
+                               atol=1e-6)
+    with h5py.File(path, "a") as f:                       # one context named, two channels of weights
+        f.attrs["context"] = 1.5
+    with pytest.raises(BrainTumorError, match="two.h5: not a region-score model .*1 context"):
+        R.load_region_score(path)
+
+
 def test_training_labels_leave_the_ambiguous_band_out():
     y = R.training_labels(np.array([0.0, 0.29, 0.3, 0.49, 0.5, 0.9]))
     assert y[:2].tolist() == [0, 0] and np.isnan(y[2:4]).all() and y[4:].tolist() == [1, 1]
@@ -147,6 +188,13 @@ def test_the_fit_learns_bright_blobs_from_noise():
     assert p[labels == 1].min() > p[labels == 0].max()            # every blob ranks above every noise crop
     with pytest.raises(BrainTumorError, match="on a tumor and regions elsewhere"):
         R.fit_scorer(crops, geometry, np.zeros(n), epochs=1, verbose=0, **SMALL)
+    two = np.stack([rng.normal(0, 20, (n, 16, 16)).astype(np.float32), crops], -1)  # the signal in channel 2 only
+    model = R.fit_scorer(two, geometry, labels, epochs=6, seed=0, batch=32, learning_rate=3e-3, verbose=0, **SMALL)
+    assert model.inputs[0].shape[-1] == 2
+    p = R.RegionScore(model, context=(1.5, 3.0), **SMALL).probability(two, geometry)
+    assert p[labels == 1].min() > p[labels == 0].max()
+    with pytest.raises(BrainTumorError, match="crops are 8 x 8 px, the scorer reads 16"):
+        R.fit_scorer(crops[:, :8, :8], geometry, labels, epochs=1, verbose=0, **SMALL)
 
 
 def test_predictor_builds_the_network_with_the_scorer_floor_and_rescores(monkeypatch, tmp_path):

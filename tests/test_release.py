@@ -731,6 +731,9 @@ def test_release_embeds_a_region_scorer_that_detect_uses_and_carries_it_over(exp
     head = R.find_releases(tmp_path / "models")[0]
     assert card["region_score"]["weight"] == 0.4 and card["region_score"]["parameters"] == scorer.model.count_params()
     assert "Region scorer" in R.render_card_markdown(card) and "thesis_train 3" in R.render_card_markdown(card)
+    assert card["region_score"]["context"] == 1.5 and "(1.50 × its box)" in R.render_card_markdown(card)
+    two = {**card, "region_score": {**card["region_score"], "context": [1.5, 3.0]}}  # a scorer of two crops
+    assert "(1.50 and 3.00 × its box)" in R.render_card_markdown(two)
     got = R.open_release(head).region_score()
     rng = np.random.default_rng(0)
     crops, geometry = rng.normal(0, 50, (4, 16, 16, 1)).astype(np.float32), rng.uniform(-2, 1, (4, 4)).astype(np.float32)

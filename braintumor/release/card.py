@@ -209,7 +209,8 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
                         if image_score else None),
         "region_score": ({"weight": region_score.weight, "detector_floor": region_score.detector_floor,
-                          "crop_px": region_score.size, "context": region_score.context,
+                          "crop_px": region_score.size,
+                          "context": (region_score.contexts[0] if len(region_score.contexts) == 1 else list(region_score.contexts)),
                           "widths": list(region_score.widths),
                           "parameters": int(region_score.model.count_params()), "fit": region_score.fit,
                           "rule": "each region's score is detector^(1-weight) x region^weight, the region score "
@@ -225,6 +226,11 @@ def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def _contexts(v) -> str:
+    """A region scorer's crop context(s) as text: ``1.50``, or ``1.50 and 3.00`` (one crop each)."""
+    return " and ".join(_fmt(float(c), 2) for c in v) if isinstance(v, (list, tuple)) else _fmt(v, 2)
 
 
 def _init_release_note(training: dict) -> str:
@@ -326,7 +332,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     if rs:
         sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((rs.get("fit") or {}).get("sets") or {}).items())
         lines += [f"Region scorer (`braintumor fit-region-score`): a CNN of {_fmt(rs.get('parameters'))} weights reads a "
-                  f"{_fmt(rs.get('crop_px'))} px grey crop around each region ({_fmt(rs.get('context'), 2)} × its box) "
+                  f"{_fmt(rs.get('crop_px'))} px grey crop around each region ({_contexts(rs.get('context'))} × its box) "
                   f"and gives P(tumor); the score reported for a region is detector^{_fmt(1 - rs['weight'], 2)} × "
                   f"region^{_fmt(rs['weight'], 2)} (regions from detector score {_fmt(rs.get('detector_floor'), 2)} "
                   f"up); fitted on {sets or '—'} training images.", ""]
