@@ -69,10 +69,13 @@ def main(argv=None) -> int:
     ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
     ap.add_argument("--region-weight", type=float, required=True, help="0: the detector's own scores")
     ap.add_argument("--operating-point", type=float, required=True, help="the combined score a region is shown from")
+    ap.add_argument("--detector-floor", type=float, default=None, help="the pass's floor (default: the scorer's)")
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"), help="region_score_sweep.py's cache folder")
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
-    rs = replace(load_region_score(args.region_score), weight=args.region_weight, _fn=None)
+    rs = load_region_score(args.region_score)
+    rs = replace(rs, weight=args.region_weight, _fn=None,
+                 detector_floor=rs.detector_floor if args.detector_floor is None else args.detector_floor)
     release = open_release(weights)
     secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
     dets = S.detections(weights, rs.detector_floor,
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     report["figshare"] = summary([r for k in fs for r in by[k][0]], [d for k in fs for d in by[k][1]])
     for kind, row in report.items():
         print(f"{kind:10s} {json.dumps(row)}")
-    out = Path(args.cache) / f"ceiling_{Path(args.region_score).stem}_w{args.region_weight:g}.json"
+    out = Path(args.cache) / f"ceiling_{Path(args.region_score).stem}_w{args.region_weight:g}_floor{rs.detector_floor:g}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "weight": args.region_weight,
                                "operating_point": args.operating_point, "sets": report}, indent=1) + "\n")
     print(f"written {out}")

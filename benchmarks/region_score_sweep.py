@@ -149,10 +149,14 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None, help="model file (default: the release)")
     ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
     ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
+    ap.add_argument("--detector-floor", type=float, default=None,
+                    help="the detection layer's floor (default: the scorer's own, 0.05)")
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
     rs = load_region_score(args.region_score)
+    if args.detector_floor is not None:
+        rs = replace(rs, detector_floor=args.detector_floor, _fn=None)
     release = open_release(weights)
     secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
     head = release.image_score()
@@ -167,7 +171,8 @@ def main(argv=None) -> int:
         row = figures(rows, replace(rs, weight=a, _fn=None), secondary, head)
         report.append(row)
         print(json.dumps(row), flush=True)
-    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}.json"
+    floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
+    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{floor}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
                    + "\n", encoding="utf-8")
     print(f"written {out}")
