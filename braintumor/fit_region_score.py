@@ -180,6 +180,7 @@ def cli_fit_region_score(args) -> int:
             raise BrainTumorError(f"{folder}: not a folder ({flag})")
     if args.epochs < 1 or args.figshare_every < 1 or args.tumor_free_every < 1:
         raise BrainTumorError("--epochs, --figshare-every and --tumor-free-every must be at least 1")
+    contexts_of(args.context)  # a bad --context is refused before the model loads
     predictor = load_predictor(args.weights, config=args.config, logs=args.logs, precision="float32")
     predictor.region_score = None  # the model's own proposals and scores, whatever the release carries
     weights = Path(predictor.weights_path)

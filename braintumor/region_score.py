@@ -93,8 +93,8 @@ def contexts_of(context) -> tuple[float, ...]:
 
 def build_scorer(size: int = SIZE, widths=WIDTHS, channels: int = 1):
     """The CNN: crops ``[size, size, channels]`` (one channel per context) and geometry ``[4]`` -> P(tumor) ``[1]``;
-    float32 whatever the global
-    dtype policy (it is small, and its threshold-free combination must not move with the detector's precision).
+    float32 whatever the global dtype policy (it is small, and its threshold-free combination must not move with
+    the detector's precision).
 
     Four blocks of two 3x3 conv + BatchNorm + ReLU (``widths`` channels), 2x max pooling between blocks and
     global average pooling after the last; the geometry through Dense(16); Dense(64), dropout 0.3, sigmoid."""

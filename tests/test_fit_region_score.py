@@ -72,3 +72,6 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert "missing: not a folder (--figshare)" in err and "\n" not in err
     assert main(["fit-region-score", "--data", str(tmp_path / "d"), "--epochs", "0", "--out", str(tmp_path / "x.h5")]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert main(["fit-region-score", "--data", str(tmp_path / "d"), "--context", "1.5", "0", "--out", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "context must be one or more positive numbers" in err and "\n" not in err
