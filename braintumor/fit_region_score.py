@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from braintumor.errors import BrainTumorError
-from braintumor.region_score import (CONTEXT, DETECTOR_FLOOR, NEGATIVE_IOU, POSITIVE_IOU, SIZE, WEIGHT, RegionScore,
-                                     contexts_of, fit_scorer, region_crops, training_labels)
+from braintumor.region_score import (DETECTOR_FLOOR, NEGATIVE_IOU, POSITIVE_IOU, RegionScore, contexts_of, fit_scorer,
+                                     region_crops, training_labels)
 
 POSITIVES, TOP_NEGATIVES, RANDOM_NEGATIVES = 16, 16, 16  # regions an image, at most
 

@@ -209,8 +209,7 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
                         if image_score else None),
         "region_score": ({"weight": region_score.weight, "detector_floor": region_score.detector_floor,
-                          "crop_px": region_score.size,
-                          "context": (region_score.contexts[0] if len(region_score.contexts) == 1 else list(region_score.contexts)),
+                          "crop_px": region_score.size, "context": region_score.context,  # a number, or a tuple (JSON list)
                           "widths": list(region_score.widths),
                           "parameters": int(region_score.model.count_params()), "fit": region_score.fit,
                           "rule": "each region's score is detector^(1-weight) x region^weight, the region score "
