@@ -54,8 +54,19 @@ def figshare_kind(ds, i) -> str:
     return str(cats[0])
 
 
-def detections(weights: Path, floor: float, path: Path) -> list:
-    """``[(kind, source, image_id, ImageRecord with every region down to floor)]``, cached at ``path``."""
+def cache_path(cache: Path, weights: Path, floor: float, max_instances: int | None = None,
+               nms: float | None = None) -> Path:
+    """The detection pass's cache file: per model, floor and (when not the config's) cap and NMS threshold."""
+    extra = (f"_cap{max_instances}" if max_instances else "") + (f"_nms{nms:g}" if nms is not None else "")
+    return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{extra}.pkl"
+
+
+def detections(weights: Path, floor: float, path: Path, max_instances: int | None = None,
+               nms: float | None = None) -> list:
+    """``[(kind, source, image_id, ImageRecord with every region down to floor)]``, cached at ``path``.
+
+    ``max_instances`` / ``nms``: the detection layer's ``DETECTION_MAX_INSTANCES`` and ``DETECTION_NMS_THRESHOLD``
+    for this pass (None: the model's config)."""
     if path.is_file():
         return pickle.loads(path.read_bytes())
     from braintumor import metrics as M
@@ -63,7 +74,12 @@ def detections(weights: Path, floor: float, path: Path) -> list:
 
     predictor = load_predictor(str(weights), min_confidence=floor, precision="float32")
     predictor.region_score = None
-    predictor.config = predictor.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.0)
+    layer = {"DETECTION_SECONDARY_MIN_CONFIDENCE": 0.0}
+    if max_instances:
+        layer["DETECTION_MAX_INSTANCES"] = int(max_instances)
+    if nms is not None:
+        layer["DETECTION_NMS_THRESHOLD"] = float(nms)
+    predictor.config = predictor.config.replace(**layer)
     out, t0 = [], time.perf_counter()
     for source, ds, ids in val_sets():
         for i in ids:
@@ -151,6 +167,10 @@ def main(argv=None) -> int:
     ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
     ap.add_argument("--detector-floor", type=float, default=None,
                     help="the detection layer's floor (default: the scorer's own, 0.05)")
+    ap.add_argument("--max-instances", type=int, default=None,
+                    help="the pass's DETECTION_MAX_INSTANCES (default: the model's, 20)")
+    ap.add_argument("--detection-nms", type=float, default=None,
+                    help="the pass's DETECTION_NMS_THRESHOLD (default: the model's, 0.3)")
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
@@ -161,7 +181,8 @@ def main(argv=None) -> int:
     secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
     head = release.image_score()
     t0 = time.perf_counter()
-    dets = detections(weights, rs.detector_floor, Path(args.cache) / f"detections_{weights.stem}_floor{rs.detector_floor:g}.pkl")
+    dets = detections(weights, rs.detector_floor, cache_path(args.cache, weights, rs.detector_floor, args.max_instances,
+                                                             args.detection_nms), args.max_instances, args.detection_nms)
     t1 = time.perf_counter()
     probs = region_probabilities(dets, rs, release.config())
     print(f"{len(dets)} val images: detections {t1 - t0:.0f} s, region scores {time.perf_counter() - t1:.0f} s", flush=True)
@@ -172,6 +193,8 @@ def main(argv=None) -> int:
         report.append(row)
         print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
+    floor += (f"_cap{args.max_instances}" if args.max_instances else "") + (
+        f"_nms{args.detection_nms:g}" if args.detection_nms is not None else "")
     out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{floor}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
                    + "\n", encoding="utf-8")
