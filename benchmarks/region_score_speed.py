@@ -37,6 +37,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/brain_tumor_data"))
     ap.add_argument("--images", type=int, default=30, help="thesis val images (default 30)")
     ap.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "auto"])
+    ap.add_argument("--max-instances", type=int, default=None,
+                    help="the scored predictor's DETECTION_MAX_INSTANCES (default: the release's)")
+    ap.add_argument("--detection-nms", type=float, default=None,
+                    help="the scored predictor's DETECTION_NMS_THRESHOLD (default: the release's)")
+    ap.add_argument("--detector-floor", type=float, default=None,
+                    help="the scored predictor's detection floor (default: the scorer's)")
     ap.add_argument("--out", default=None, help="JSON file to write the figures to")
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
@@ -45,7 +51,18 @@ def main(argv=None) -> int:
     scorer = load_region_score(args.region_score) if args.region_score else scored.region_score
     if scorer is None:
         raise SystemExit(f"{weights.name} has no region scorer: give --region-score")
+    if args.detector_floor is not None:
+        from dataclasses import replace
+
+        scorer = replace(scorer, detector_floor=float(args.detector_floor), _fn=None)
     plain.region_score, scored.region_score = None, scorer
+    layer = {}
+    if args.max_instances:
+        layer["DETECTION_MAX_INSTANCES"] = int(args.max_instances)
+    if args.detection_nms is not None:
+        layer["DETECTION_NMS_THRESHOLD"] = float(args.detection_nms)
+    if layer:
+        scored.config = scored.config.replace(**layer)
     regions = []  # regions the scorer reads per image: all the detection layer keeps down to its floor
     score_regions = scorer.score_regions
     scorer.score_regions = lambda r, molded, info: (regions.append(len(r["rois"])), score_regions(r, molded, info))[1]
@@ -62,7 +79,8 @@ def main(argv=None) -> int:
             pred.detect([im])
             times[name].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    report = {"weights": weights.name, "precision": plain.precision, "images": len(images),
+    report = {"weights": weights.name, "precision": plain.precision, "images": len(images), "scored_layer": layer,
+              "detector_floor": scorer.detector_floor,
               "median_seconds": {k: round(v, 3) for k, v in med.items()},
               "ratio_scored_to_plain": round(med["scored"] / med["plain"], 3),
               "regions_scored_per_image_median": float(np.median(regions)) if regions else 0.0}
