@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--region-weight", type=float, required=True, help="0: the detector's own scores")
     ap.add_argument("--operating-point", type=float, required=True, help="the combined score a region is shown from")
     ap.add_argument("--detector-floor", type=float, default=None, help="the pass's floor (default: the scorer's)")
-    ap.add_argument("--max-instances", type=int, default=None, help="the pass's DETECTION_MAX_INSTANCES (region_score_sweep.py)")
-    ap.add_argument("--detection-nms", type=float, default=None, help="the pass's DETECTION_NMS_THRESHOLD (region_score_sweep.py)")
+    S.add_layer_args(ap)
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"), help="region_score_sweep.py's cache folder")
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
@@ -96,9 +95,8 @@ def main(argv=None) -> int:
     report["figshare"] = summary([r for k in fs for r in by[k][0]], [d for k in fs for d in by[k][1]])
     for kind, row in report.items():
         print(f"{kind:10s} {json.dumps(row)}")
-    extra = (f"_cap{args.max_instances}" if args.max_instances else "") + (
-        f"_nms{args.detection_nms:g}" if args.detection_nms is not None else "")
-    out = Path(args.cache) / f"ceiling_{Path(args.region_score).stem}_w{args.region_weight:g}_floor{rs.detector_floor:g}{extra}.json"
+    out = Path(args.cache) / (f"ceiling_{Path(args.region_score).stem}_w{args.region_weight:g}_floor{rs.detector_floor:g}"
+                              f"{S.layer_tag(args.max_instances, args.detection_nms)}.json")
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "weight": args.region_weight,
                                "operating_point": args.operating_point, "sets": report}, indent=1) + "\n")
     print(f"written {out}")

@@ -23,9 +23,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv=None) -> int:
+    import region_score_sweep as S
+
     from braintumor.data import load_split
     from braintumor.inference import load_predictor
     from braintumor.region_score import load_region_score
@@ -37,10 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/brain_tumor_data"))
     ap.add_argument("--images", type=int, default=30, help="thesis val images (default 30)")
     ap.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "auto"])
-    ap.add_argument("--max-instances", type=int, default=None,
-                    help="the scored predictor's DETECTION_MAX_INSTANCES (default: the release's)")
-    ap.add_argument("--detection-nms", type=float, default=None,
-                    help="the scored predictor's DETECTION_NMS_THRESHOLD (default: the release's)")
+    S.add_layer_args(ap)  # the scored predictor's detection layer
     ap.add_argument("--detector-floor", type=float, default=None,
                     help="the scored predictor's detection floor (default: the scorer's)")
     ap.add_argument("--out", default=None, help="JSON file to write the figures to")
@@ -56,11 +56,7 @@ def main(argv=None) -> int:
 
         scorer = replace(scorer, detector_floor=float(args.detector_floor), _fn=None)
     plain.region_score, scored.region_score = None, scorer
-    layer = {}
-    if args.max_instances:
-        layer["DETECTION_MAX_INSTANCES"] = int(args.max_instances)
-    if args.detection_nms is not None:
-        layer["DETECTION_NMS_THRESHOLD"] = float(args.detection_nms)
+    layer = S.layer_overrides(args.max_instances, args.detection_nms)
     if layer:
         scored.config = scored.config.replace(**layer)
     regions = []  # regions the scorer reads per image: all the detection layer keeps down to its floor

@@ -54,11 +54,33 @@ def figshare_kind(ds, i) -> str:
     return str(cats[0])
 
 
+def add_layer_args(ap) -> None:
+    """``--max-instances`` and ``--detection-nms``: the detection layer of a pass, when not the model's own."""
+    ap.add_argument("--max-instances", type=int, default=None,
+                    help="the pass's DETECTION_MAX_INSTANCES (default: the model's, 20)")
+    ap.add_argument("--detection-nms", type=float, default=None,
+                    help="the pass's DETECTION_NMS_THRESHOLD (default: the model's, 0.3)")
+
+
+def layer_overrides(max_instances: int | None, nms: float | None) -> dict:
+    """Config overrides of the detection layer (empty: the model's own)."""
+    out = {}
+    if max_instances:
+        out["DETECTION_MAX_INSTANCES"] = int(max_instances)
+    if nms is not None:
+        out["DETECTION_NMS_THRESHOLD"] = float(nms)
+    return out
+
+
+def layer_tag(max_instances: int | None, nms: float | None) -> str:
+    """File-name suffix of a pass's layer settings: ``_cap100_nms0.5``, or "" for the model's own."""
+    return (f"_cap{max_instances}" if max_instances else "") + (f"_nms{nms:g}" if nms is not None else "")
+
+
 def cache_path(cache: Path, weights: Path, floor: float, max_instances: int | None = None,
                nms: float | None = None) -> Path:
     """The detection pass's cache file: per model, floor and (when not the config's) cap and NMS threshold."""
-    extra = (f"_cap{max_instances}" if max_instances else "") + (f"_nms{nms:g}" if nms is not None else "")
-    return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{extra}.pkl"
+    return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{layer_tag(max_instances, nms)}.pkl"
 
 
 def detections(weights: Path, floor: float, path: Path, max_instances: int | None = None,
@@ -74,12 +96,8 @@ def detections(weights: Path, floor: float, path: Path, max_instances: int | Non
 
     predictor = load_predictor(str(weights), min_confidence=floor, precision="float32")
     predictor.region_score = None
-    layer = {"DETECTION_SECONDARY_MIN_CONFIDENCE": 0.0}
-    if max_instances:
-        layer["DETECTION_MAX_INSTANCES"] = int(max_instances)
-    if nms is not None:
-        layer["DETECTION_NMS_THRESHOLD"] = float(nms)
-    predictor.config = predictor.config.replace(**layer)
+    predictor.config = predictor.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.0,
+                                                **layer_overrides(max_instances, nms))
     out, t0 = [], time.perf_counter()
     for source, ds, ids in val_sets():
         for i in ids:
@@ -167,10 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
     ap.add_argument("--detector-floor", type=float, default=None,
                     help="the detection layer's floor (default: the scorer's own, 0.05)")
-    ap.add_argument("--max-instances", type=int, default=None,
-                    help="the pass's DETECTION_MAX_INSTANCES (default: the model's, 20)")
-    ap.add_argument("--detection-nms", type=float, default=None,
-                    help="the pass's DETECTION_NMS_THRESHOLD (default: the model's, 0.3)")
+    add_layer_args(ap)
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
@@ -193,8 +208,7 @@ def main(argv=None) -> int:
         report.append(row)
         print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
-    floor += (f"_cap{args.max_instances}" if args.max_instances else "") + (
-        f"_nms{args.detection_nms:g}" if args.detection_nms is not None else "")
+    floor += layer_tag(args.max_instances, args.detection_nms)
     out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{floor}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
                    + "\n", encoding="utf-8")
