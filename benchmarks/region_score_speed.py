@@ -8,6 +8,7 @@ tracing) and is not counted. Reports the median seconds an image of each and the
 the scorer read per image.
 
     .venv/bin/python benchmarks/region_score_speed.py --region-score FILE.h5 [--images 30] [--precision float32]
+        [--detector-floor 0.01 --max-instances 100 --detection-nms 0.5]   # a larger pool for the scored one
 
 Run it alone: on 2 cores anything beside it moves the figures.
 """
