@@ -83,33 +83,57 @@ def cache_path(cache: Path, weights: Path, floor: float, max_instances: int | No
     return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{layer_tag(max_instances, nms)}.pkl"
 
 
-def detections(weights: Path, floor: float, path: Path, max_instances: int | None = None,
-               nms: float | None = None) -> list:
-    """``[(kind, source, image_id, ImageRecord with every region down to floor)]``, cached at ``path``.
-
-    ``max_instances`` / ``nms``: the detection layer's ``DETECTION_MAX_INSTANCES`` and ``DETECTION_NMS_THRESHOLD``
-    for this pass (None: the model's config)."""
-    if path.is_file():
-        return pickle.loads(path.read_bytes())
-    from braintumor import metrics as M
+def pass_predictor(weights: Path, floor: float, max_instances: int | None = None, nms: float | None = None):
+    """The release's predictor for a detection pass: float32, no scorer, every region down to ``floor`` kept
+    (``DETECTION_SECONDARY_MIN_CONFIDENCE`` 0), the detection layer as :func:`layer_overrides` says."""
     from braintumor.inference import load_predictor
 
     predictor = load_predictor(str(weights), min_confidence=floor, precision="float32")
     predictor.region_score = None
     predictor.config = predictor.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.0,
                                                 **layer_overrides(max_instances, nms))
+    return predictor
+
+
+def detection_pass(predictor, sets: list, kind=None, log_every: int = 100) -> list:
+    """``[(kind, source, image_id, ImageRecord)]`` of ``predictor`` over ``sets`` ``[(source, dataset, ids)]``;
+    ``kind(source, dataset, id)`` names each row (default: the source)."""
+    from braintumor import metrics as M
+
     out, t0 = [], time.perf_counter()
-    for source, ds, ids in val_sets():
+    for source, ds, ids in sets:
         for i in ids:
             masks, class_ids = ds.load_mask(i)
             r = predictor.detect([ds.load_image(i)])[0]
             rec = M.ImageRecord.from_arrays(f"{source}/{i}", np.asarray(masks, bool), np.asarray(class_ids), r, index=i)
             rec.image_features = r["image_features"]
-            out.append((figshare_kind(ds, i) if source == "figshare" else source, source, i, rec))
-            if len(out) % 100 == 0:
+            out.append((kind(source, ds, i) if kind else source, source, i, rec))
+            if len(out) % log_every == 0:
                 print(f"  {len(out)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def write_pickle(path: Path, rows) -> None:
+    """``rows`` pickled to ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(out))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(pickle.dumps(rows))
+    tmp.replace(path)
+
+
+def detections(weights: Path, floor: float, path: Path, max_instances: int | None = None,
+               nms: float | None = None) -> list:
+    """``[(kind, source, image_id, ImageRecord with every region down to floor)]`` of the val sets, cached at
+    ``path``; ``kind`` is the Figshare tumor type or the source.
+
+    ``max_instances`` / ``nms``: the detection layer's ``DETECTION_MAX_INSTANCES`` and ``DETECTION_NMS_THRESHOLD``
+    for this pass (None: the model's config)."""
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    predictor = pass_predictor(weights, floor, max_instances, nms)
+    out = detection_pass(predictor, val_sets(),
+                         kind=lambda source, ds, i: figshare_kind(ds, i) if source == "figshare" else source)
+    write_pickle(path, out)
     return out
 
 
