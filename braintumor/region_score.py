@@ -76,11 +76,22 @@ def region_crops(molded: np.ndarray, boxes: np.ndarray, size: int = SIZE, contex
     grey = np.asarray(molded, np.float32).mean(-1, keepdims=True)
     channels = []
     for c in contexts:
-        side = np.maximum(bh * h, bw * w) * c  # pixels
-        square = np.stack([cy - side / h / 2, cx - side / w / 2, cy + side / h / 2, cx + side / w / 2], 1)
-        channels.append(tf.image.crop_and_resize(grey, square.astype(np.float32), np.zeros(len(square), np.int32),
+        square = crop_squares(boxes, h, w, c)
+        channels.append(tf.image.crop_and_resize(grey, square, np.zeros(len(square), np.int32),
                                                  (size, size), extrapolation_value=0.0).numpy())
     return np.concatenate(channels, -1), geometry
+
+
+def crop_squares(boxes: np.ndarray, h: int, w: int, context: float) -> np.ndarray:
+    """The crop of each box: ``boxes [K, (y1, x1, y2, x2)]`` normalized to an ``h`` x ``w`` pixel frame ->
+    ``[K, (y1, x1, y2, x2)]`` float32 normalized, a square of ``context`` times the box's longer side (in pixels)
+    centred on the box (it may reach outside the frame)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    bh = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
+    bw = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    side = np.maximum(bh * h, bw * w) * float(context)  # pixels
+    return np.stack([cy - side / h / 2, cx - side / w / 2, cy + side / h / 2, cx + side / w / 2], 1).astype(np.float32)
 
 
 def contexts_of(context) -> tuple[float, ...]:

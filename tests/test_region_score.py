@@ -47,6 +47,16 @@ def test_a_crop_is_the_grey_square_around_the_box_with_context():
     assert empty.shape == (0, 16, 16, 1) and g.shape == (0, 4)
 
 
+def test_a_crop_square_is_context_times_the_longer_side_in_pixels():
+    # a 20 x 20 px box in a 100 x 200 frame (0.2 of the height, 0.1 of the width), context 2: a 40 px square
+    got = R.crop_squares(np.array([[0.4, 0.4, 0.6, 0.5]]), 100, 200, 2.0)
+    np.testing.assert_allclose(got, [[0.3, 0.35, 0.7, 0.55]], atol=1e-6)
+    # a wide box: the square follows its width (60 px), centred, reaching above the frame
+    got = R.crop_squares(np.array([[0.0, 0.2, 0.1, 0.5]]), 100, 200, 1.0)
+    np.testing.assert_allclose(got, [[0.05 - 0.3, 0.2, 0.05 + 0.3, 0.5]], atol=1e-6)
+    assert R.crop_squares(np.zeros((0, 4)), 64, 64, 1.5).shape == (0, 4)
+
+
 def test_several_contexts_give_one_channel_each():
     molded = np.random.default_rng(3).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     boxes = np.array([[0.2, 0.3, 0.5, 0.45], [0.6, 0.1, 0.9, 0.7]])

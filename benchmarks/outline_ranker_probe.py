@@ -1,0 +1,189 @@
+"""Does a ranker that sees each region's outline choose better from a pool of regions? Fit on training, read on val.
+
+The region scorers so far read grey crops around a region's box and were fitted on proposals labelled by box
+IoU; over a pool of 50 regions an image (floor 0.01, NMS 0.5) none puts the region that fits a Figshare glioma on
+top (README: "A larger pool of regions"). This probe fits the same CNN (:func:`braintumor.region_score.build_scorer`)
+with one more input channel, the region's **outline** (its mask, 1 inside, cropped in the same square as the
+first context's crop), on the pool's own regions of the training images (``pool_pass.py``'s pickle), each
+labelled by its **mask** IoU with the best-matching tumor (>= 0.5: 1, < 0.3: 0, between left out). Then over the
+val pool at the same layer (``region_score_sweep.py``'s cached pass) it reports, per ``weight`` of
+``detector ** (1 - w) * ranker ** w``, the sweep's figures (``region_score_sweep.figures``) and how many scans'
+top region lies on the tumor (``outline_ceiling.single_region_figures``).
+
+    .venv/bin/python benchmarks/outline_ranker_probe.py --max-instances 50 --detection-nms 0.5 [--seed 0]
+
+Features of each pass are cached in ``--cache`` (``.npy``, float16 crops); the ranker is saved as a region-score
+file (``logs/region_score/outline_ranker_*.h5``; its ``context`` lists the image crops only, the outline
+channel is this probe's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CONTEXTS = (1.5, 3.0)  # the image crops' contexts (the two-crop scorer's)
+
+
+def from_molded_frame(boxes: np.ndarray, info) -> np.ndarray:
+    """``[K, (y1, x1, y2, x2)]`` normalized to the molded frame of ``info`` -> normalized to the original image
+    (the inverse of :func:`braintumor.region_score.to_molded_frame`; may reach outside [0, 1])."""
+    mh, mw = info.molded_shape[:2]
+    oy, ox = (info.crop[0], info.crop[1]) if info.crop is not None else (0, 0)
+    wy, wx = info.window[0], info.window[1]
+    px = np.asarray(boxes, np.float64) * np.array([mh, mw, mh, mw])
+    px = (px - np.array([wy, wx, wy, wx]) + np.array([oy, ox, oy, ox])) / info.scale
+    h, w = info.original_shape[:2]
+    return (px / np.array([h, w, h, w])).astype(np.float32)
+
+
+def region_features(image: np.ndarray, rec, config, size: int, contexts=CONTEXTS) -> tuple[np.ndarray, np.ndarray]:
+    """One image's regions -> ``(crops float32 [D, size, size, len(contexts) + 1], geometry [D, 4])``: the region
+    scorer's crops and, last, the region's outline cropped in the first context's square."""
+    import tensorflow as tf
+    from pycocotools import mask as mask_utils
+
+    from braintumor.mrcnn.inputs import mold_inputs
+    from braintumor.region_score import crop_squares, region_crops, to_molded_frame
+
+    molded, _, infos = mold_inputs([image], config)
+    boxes = to_molded_frame(rec.boxes, infos[0])
+    crops, geometry = region_crops(molded, boxes, size, contexts)
+    squares = from_molded_frame(crop_squares(boxes, *molded.shape[1:3], contexts[0]), infos[0])
+    masks = np.asarray(mask_utils.decode(list(rec.rles)), np.float32).reshape(rec.height, rec.width, -1)
+    outline = tf.image.crop_and_resize(np.moveaxis(masks, -1, 0)[..., None], squares, np.arange(len(squares), dtype=np.int32),
+                                       (size, size), extrapolation_value=0.0).numpy()
+    return np.concatenate([crops, outline], -1), geometry
+
+
+def mask_iou(rec) -> np.ndarray:
+    """``[D]`` each region's mask IoU with its best-matching tumor (0 on a tumor-free image)."""
+    from pycocotools import mask as mask_utils
+
+    if not len(rec.rles) or not len(rec.gt_rles):
+        return np.zeros(len(rec.rles), np.float32)
+    iou = np.asarray(mask_utils.iou(list(rec.rles), list(rec.gt_rles), [0] * len(rec.gt_rles)), np.float64)
+    return iou.reshape(len(rec.rles), len(rec.gt_rles)).max(1).astype(np.float32)
+
+
+def pass_features(rows: list, datasets: dict, config, size: int, path: Path) -> dict[str, np.ndarray]:
+    """Features of every region of a pass ``[(kind, source, image_id, ImageRecord)]``, cached at ``path`` (.npz
+    of ``crops`` float16, ``geometry``, ``score``, ``iou``, ``image``)."""
+    if path.is_file():
+        return dict(np.load(path))
+    out: dict[str, list] = {k: [] for k in ("crops", "geometry", "score", "iou", "image")}
+    t0 = time.perf_counter()
+    for n, (_, source, i, rec) in enumerate(rows):
+        if len(rec.rles):
+            crops, geometry = region_features(datasets[source].load_image(i), rec, config, size)
+            out["crops"].append(crops.astype(np.float16))
+            out["geometry"].append(geometry)
+            out["score"].append(np.asarray(rec.scores, np.float32))
+            out["iou"].append(mask_iou(rec))
+            out["image"].append(np.full(len(rec.rles), n, np.int32))
+        if (n + 1) % 200 == 0:
+            print(f"  features: {n + 1}/{len(rows)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return arrays
+
+
+def training_datasets() -> dict:
+    """source name -> dataset of ``pool_pass.py``'s rows (the sets of ``fit_region_score.training_sets``)."""
+    import region_score_sweep as S
+
+    from braintumor.fit_region_score import training_sets
+
+    return {name: ds for name, ds, _ in training_sets(S.SHARED / "brain_tumor_data", S.SHARED / "figshare",
+                                                      S.SHARED / "tumor_free", 2, 2)}
+
+
+def main(argv=None) -> int:
+    import region_score_sweep as S
+    from outline_ceiling import single_region_figures
+
+    from braintumor.region_score import RegionScore, fit_scorer, training_labels
+    from braintumor.release import open_release
+    from braintumor.release.files import default_release
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--detector-floor", type=float, default=0.01)
+    S.add_layer_args(ap)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--weights-grid", default="0.3,0.5,0.65,0.8,1")
+    ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
+    args = ap.parse_args(argv)
+    weights = default_release()
+    release = open_release(weights)
+    config, secondary, head = release.config(), float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE), release.image_score()
+    cache = Path(args.cache)
+    tag = f"floor{args.detector_floor:g}{S.layer_tag(args.max_instances, args.detection_nms)}"
+    train_rows = pickle.loads((cache / f"train_detections_{weights.stem}_{tag}_f2_t2.pkl").read_bytes())
+    val_rows = S.detections(weights, args.detector_floor, S.cache_path(cache, weights, args.detector_floor,
+                                                                       args.max_instances, args.detection_nms),
+                            args.max_instances, args.detection_nms)
+    t0 = time.perf_counter()
+    train = pass_features(train_rows, training_datasets(), config, args.size,
+                          ROOT / f"logs/region_score_cache/outline_train_{tag}_s{args.size}.npz")
+    val = pass_features(val_rows, {name: ds for name, ds, _ in S.val_sets()}, config, args.size,
+                        ROOT / f"logs/region_score_cache/outline_val_{tag}_s{args.size}.npz")
+    y = training_labels(train["iou"])
+    print(f"features {time.perf_counter() - t0:.0f} s; train {len(y)} regions ({int(np.nansum(y))} on a tumor, "
+          f"{int(np.isnan(y).sum())} left out), val {len(val['iou'])}", flush=True)
+    model_path = cache / f"outline_ranker_{tag}_e{args.epochs}_s{args.seed}.h5"
+    t1 = time.perf_counter()
+    if model_path.is_file():
+        from braintumor.region_score import load_region_score
+
+        rs = load_region_score(model_path)
+    else:
+        model = fit_scorer(train["crops"], train["geometry"], y, epochs=args.epochs, seed=args.seed, size=args.size)
+        rs = RegionScore(model, size=args.size, context=CONTEXTS, weight=0.5, detector_floor=args.detector_floor,
+                         fit={"probe": "outline_ranker_probe.py", "regions": int(np.isfinite(y).sum()),
+                              "seed": args.seed, "epochs": args.epochs})
+        rs.save(model_path)
+    fit_s = time.perf_counter() - t1
+    import keras
+
+    probs_flat = np.asarray(rs.model.predict([val["crops"].astype(np.float32), val["geometry"]], batch_size=512,
+                                             verbose=0))[:, 0]
+    per_image = [np.zeros(0, np.float32) for _ in val_rows]
+    for n in np.unique(val["image"]):
+        per_image[n] = probs_flat[val["image"] == n]
+    rows = list(zip(val_rows, per_image))
+    on = val["iou"] >= 0.5
+    report = {"fit_seconds": round(fit_s), "val_regions": int(len(on)), "val_regions_on_tumor": int(on.sum()),
+              "val_auc_mask_iou_0.5": round(float(keras.metrics.AUC()(on, probs_flat)), 4), "rows": []}
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}), flush=True)
+    for a in (float(x) for x in args.weights_grid.split(",")):
+        rs_a = RegionScore(rs.model, size=rs.size, context=rs.context, weight=a, detector_floor=rs.detector_floor)
+        row = S.figures(rows, rs_a, secondary, head)
+        tops: dict[str, int] = {}
+        for (kind, _, _, rec), p in rows:
+            if kind != "none" and len(rec.rles):
+                tops[kind] = tops.get(kind, 0) + int(single_region_figures(rec, rs_a.combine(rec.scores, p), 0.0)["top_on_tumor"])
+        row["top_on_tumor"] = tops
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    out = cache / f"outline_ranker_{tag}_e{args.epochs}_s{args.seed}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
