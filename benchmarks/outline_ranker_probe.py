@@ -100,6 +100,21 @@ def pass_features(rows: list, datasets: dict, config, size: int, path: Path) -> 
     return arrays
 
 
+def load_ranker(path: Path):
+    """A ranker this probe saved: a :class:`RegionScore` whose model reads one channel more than its contexts."""
+    import h5py
+
+    from braintumor.region_score import RegionScore, build_scorer, contexts_of
+
+    with h5py.File(path, "r") as f:
+        size, widths = int(f.attrs["size"]), tuple(int(c) for c in f.attrs["widths"])
+        contexts = contexts_of(f.attrs["context"])
+        model = build_scorer(size, widths, len(contexts) + 1)
+        model.set_weights([np.asarray(f["weights"][k][()], np.float32) for k in sorted(f["weights"])])
+        return RegionScore(model, size=size, context=contexts, widths=widths, weight=float(f.attrs["weight"]),
+                           detector_floor=float(f.attrs["detector_floor"]))
+
+
 def training_datasets() -> dict:
     """source name -> dataset of ``pool_pass.py``'s rows (the sets of ``fit_region_score.training_sets``)."""
     import region_score_sweep as S
@@ -110,9 +125,35 @@ def training_datasets() -> dict:
                                                       S.SHARED / "tumor_free", 2, 2)}
 
 
+class Given:
+    """``region_score_sweep.figures``'s scorer when the regions' combined scores are given as their "region" score."""
+
+    weight = 1.0
+
+    @staticmethod
+    def combine(detector: np.ndarray, region: np.ndarray) -> np.ndarray:
+        return np.asarray(region, np.float32)
+
+
+def mixed(detector, scorer, ranker, a: float, b: float) -> np.ndarray:
+    """``detector ** (1 - a - b) * scorer ** a * ranker ** b`` elementwise (each clipped to [1e-6, 1]), float32."""
+    clip = [np.clip(np.asarray(v, np.float64), 1e-6, 1.0) for v in (detector, scorer, ranker)]
+    return (clip[0] ** (1.0 - a - b) * clip[1] ** a * clip[2] ** b).astype(np.float32)
+
+
+def top_on_tumor(rows: list, combined: list) -> dict[str, int]:
+    """Per kind of tumor scan: how many have their top region (by ``combined``) at mask IoU >= 0.5 with the tumor."""
+    from outline_ceiling import single_region_figures
+
+    tops: dict[str, int] = {}
+    for (kind, _, _, rec), c in zip(rows, combined):
+        if kind != "none" and len(rec.rles):
+            tops[kind] = tops.get(kind, 0) + int(single_region_figures(rec, c, 0.0)["top_on_tumor"])
+    return tops
+
+
 def main(argv=None) -> int:
     import region_score_sweep as S
-    from outline_ceiling import single_region_figures
 
     from braintumor.region_score import RegionScore, fit_scorer, training_labels
     from braintumor.release import open_release
@@ -123,8 +164,15 @@ def main(argv=None) -> int:
     S.add_layer_args(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--labels", choices=("hard", "soft"), default="hard",
+                    help="hard: mask IoU >= 0.5 is 1, < 0.3 is 0, between left out; soft: the mask IoU itself "
+                         "(binary cross-entropy on it: the ranker learns the expected IoU)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--weights-grid", default="0.3,0.5,0.65,0.8,1")
+    ap.add_argument("--beside", default=None,
+                    help="a region-score file: also read detector ** (1 - a - b) * its score ** a * ranker ** b")
+    ap.add_argument("--pairs", default="0.5:0,0.65:0,0.3:0.2,0.4:0.2,0.3:0.3,0.5:0.2,0.4:0.4,0.5:0.3,0.6:0.2",
+                    help="a:b pairs of weights (scorer : ranker) read with --beside")
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
     args = ap.parse_args(argv)
     weights = default_release()
@@ -141,19 +189,18 @@ def main(argv=None) -> int:
                           ROOT / f"logs/region_score_cache/outline_train_{tag}_s{args.size}.npz")
     val = pass_features(val_rows, {name: ds for name, ds, _ in S.val_sets()}, config, args.size,
                         ROOT / f"logs/region_score_cache/outline_val_{tag}_s{args.size}.npz")
-    y = training_labels(train["iou"])
-    print(f"features {time.perf_counter() - t0:.0f} s; train {len(y)} regions ({int(np.nansum(y))} on a tumor, "
+    y = training_labels(train["iou"]) if args.labels == "hard" else np.clip(train["iou"], 0.0, 1.0)
+    print(f"features {time.perf_counter() - t0:.0f} s; train {len(y)} regions ({int((train['iou'] >= 0.5).sum())} at mask IoU >= 0.5, "
           f"{int(np.isnan(y).sum())} left out), val {len(val['iou'])}", flush=True)
-    model_path = cache / f"outline_ranker_{tag}_e{args.epochs}_s{args.seed}.h5"
+    name = f"outline_ranker_{tag}_e{args.epochs}_s{args.seed}" + ("_soft" if args.labels == "soft" else "")
+    model_path = cache / f"{name}.h5"
     t1 = time.perf_counter()
     if model_path.is_file():
-        from braintumor.region_score import load_region_score
-
-        rs = load_region_score(model_path)
+        rs = load_ranker(model_path)
     else:
         model = fit_scorer(train["crops"], train["geometry"], y, epochs=args.epochs, seed=args.seed, size=args.size)
         rs = RegionScore(model, size=args.size, context=CONTEXTS, weight=0.5, detector_floor=args.detector_floor,
-                         fit={"probe": "outline_ranker_probe.py", "regions": int(np.isfinite(y).sum()),
+                         fit={"probe": "outline_ranker_probe.py", "regions": int(np.isfinite(y).sum()), "labels": args.labels,
                               "seed": args.seed, "epochs": args.epochs})
         rs.save(model_path)
     fit_s = time.perf_counter() - t1
@@ -164,22 +211,25 @@ def main(argv=None) -> int:
     per_image = [np.zeros(0, np.float32) for _ in val_rows]
     for n in np.unique(val["image"]):
         per_image[n] = probs_flat[val["image"] == n]
-    rows = list(zip(val_rows, per_image))
     on = val["iou"] >= 0.5
     report = {"fit_seconds": round(fit_s), "val_regions": int(len(on)), "val_regions_on_tumor": int(on.sum()),
               "val_auc_mask_iou_0.5": round(float(keras.metrics.AUC()(on, probs_flat)), 4), "rows": []}
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}), flush=True)
-    for a in (float(x) for x in args.weights_grid.split(",")):
-        rs_a = RegionScore(rs.model, size=rs.size, context=rs.context, weight=a, detector_floor=rs.detector_floor)
-        row = S.figures(rows, rs_a, secondary, head)
-        tops: dict[str, int] = {}
-        for (kind, _, _, rec), p in rows:
-            if kind != "none" and len(rec.rles):
-                tops[kind] = tops.get(kind, 0) + int(single_region_figures(rec, rs_a.combine(rec.scores, p), 0.0)["top_on_tumor"])
-        row["top_on_tumor"] = tops
+    mixes = [(0.0, float(b)) for b in args.weights_grid.split(",")]
+    beside = [np.ones(len(r), np.float32) for r in per_image]
+    if args.beside:
+        from braintumor.region_score import load_region_score
+
+        beside = S.region_probabilities(val_rows, load_region_score(args.beside), config)
+        mixes += [tuple(float(v) for v in pair.split(":")) for pair in args.pairs.split(",")]
+    for a, b in mixes:
+        combined = [mixed(rec.scores, p, q, a, b) for (_, _, _, rec), p, q in zip(val_rows, beside, per_image)]
+        row = {"scorer_weight": a, "ranker_weight": b, **S.figures(list(zip(val_rows, combined)), Given, secondary, head)}
+        row.pop("weight")
+        row["top_on_tumor"] = top_on_tumor(val_rows, combined)
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
-    out = cache / f"outline_ranker_{tag}_e{args.epochs}_s{args.seed}.json"
+    out = cache / (f"{name}.json" if not args.beside else f"{name}_beside_{Path(args.beside).stem}.json")
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"written {out}")
     return 0
