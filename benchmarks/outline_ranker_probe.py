@@ -5,16 +5,19 @@ IoU; over a pool of 50 regions an image (floor 0.01, NMS 0.5) none puts the regi
 top (README: "A larger pool of regions"). This probe fits the same CNN (:func:`braintumor.region_score.build_scorer`)
 with one more input channel, the region's **outline** (its mask, 1 inside, cropped in the same square as the
 first context's crop), on the pool's own regions of the training images (``pool_pass.py``'s pickle), each
-labelled by its **mask** IoU with the best-matching tumor (>= 0.5: 1, < 0.3: 0, between left out). Then over the
+labelled by its **mask** IoU with the best-matching tumor (``--labels hard``: >= 0.5 is 1, < 0.3 is 0, between
+left out; ``soft``: the IoU itself is the cross-entropy's target, every region weighing the same). Then over the
 val pool at the same layer (``region_score_sweep.py``'s cached pass) it reports, per ``weight`` of
-``detector ** (1 - w) * ranker ** w``, the sweep's figures (``region_score_sweep.figures``) and how many scans'
-top region lies on the tumor (``outline_ceiling.single_region_figures``).
+``detector ** (1 - w) * ranker ** w`` (and with ``--beside`` a region scorer, per pair ``a:b`` of
+``detector ** (1 - a - b) * scorer ** a * ranker ** b``), the sweep's figures (``region_score_sweep.figures``)
+and how many scans' top region lies on the tumor (``outline_ceiling.single_region_figures``).
 
-    .venv/bin/python benchmarks/outline_ranker_probe.py --max-instances 50 --detection-nms 0.5 [--seed 0]
+    .venv/bin/python benchmarks/outline_ranker_probe.py --max-instances 50 --detection-nms 0.5 [--labels soft] \
+        [--beside logs/region_score/rs_f1_t2_c1.5-3_e8_s0.h5 --weights-grid 0.5]
 
-Features of each pass are cached in ``--cache`` (``.npy``, float16 crops); the ranker is saved as a region-score
-file (``logs/region_score/outline_ranker_*.h5``; its ``context`` lists the image crops only, the outline
-channel is this probe's).
+Features of each pass are cached in ``logs/region_score_cache/outline_{train,val}_*.npz`` (float16 crops); the
+ranker is saved in ``--cache`` as ``outline_ranker_*.h5`` (a region-score file whose ``context`` lists the image
+crops only: the outline channel is this probe's, :func:`load_ranker` reads it) and its figures as ``.json``.
 """
 from __future__ import annotations
 
