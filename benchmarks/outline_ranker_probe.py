@@ -37,18 +37,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 CONTEXTS = (1.5, 3.0)  # the image crops' contexts (the two-crop scorer's)
 
 
-def from_molded_frame(boxes: np.ndarray, info) -> np.ndarray:
-    """``[K, (y1, x1, y2, x2)]`` normalized to the molded frame of ``info`` -> normalized to the original image
-    (the inverse of :func:`braintumor.region_score.to_molded_frame`; may reach outside [0, 1])."""
-    mh, mw = info.molded_shape[:2]
-    oy, ox = (info.crop[0], info.crop[1]) if info.crop is not None else (0, 0)
-    wy, wx = info.window[0], info.window[1]
-    px = np.asarray(boxes, np.float64) * np.array([mh, mw, mh, mw])
-    px = (px - np.array([wy, wx, wy, wx]) + np.array([oy, ox, oy, ox])) / info.scale
-    h, w = info.original_shape[:2]
-    return (px / np.array([h, w, h, w])).astype(np.float32)
-
-
 def region_features(image: np.ndarray, rec, config, size: int, contexts=CONTEXTS) -> tuple[np.ndarray, np.ndarray]:
     """One image's regions -> ``(crops float32 [D, size, size, len(contexts) + 1], geometry [D, 4])``: the region
     scorer's crops and, last, the region's outline cropped in the first context's square."""
@@ -56,7 +44,7 @@ def region_features(image: np.ndarray, rec, config, size: int, contexts=CONTEXTS
     from pycocotools import mask as mask_utils
 
     from braintumor.mrcnn.inputs import mold_inputs
-    from braintumor.region_score import crop_squares, region_crops, to_molded_frame
+    from braintumor.region_score import crop_squares, from_molded_frame, region_crops, to_molded_frame
 
     molded, _, infos = mold_inputs([image], config)
     boxes = to_molded_frame(rec.boxes, infos[0])
@@ -118,16 +106,6 @@ def load_ranker(path: Path):
                            detector_floor=float(f.attrs["detector_floor"]))
 
 
-def training_datasets() -> dict:
-    """source name -> dataset of ``pool_pass.py``'s rows (the sets of ``fit_region_score.training_sets``)."""
-    import region_score_sweep as S
-
-    from braintumor.fit_region_score import training_sets
-
-    return {name: ds for name, ds, _ in training_sets(S.SHARED / "brain_tumor_data", S.SHARED / "figshare",
-                                                      S.SHARED / "tumor_free", 2, 2)}
-
-
 class Given:
     """``region_score_sweep.figures``'s scorer when the regions' combined scores are given as their "region" score."""
 
@@ -157,6 +135,7 @@ def top_on_tumor(rows: list, combined: list) -> dict[str, int]:
 
 def main(argv=None) -> int:
     import region_score_sweep as S
+    from pool_pass import output_path, pool_sets
 
     from braintumor.region_score import RegionScore, fit_scorer, training_labels
     from braintumor.release import open_release
@@ -183,12 +162,13 @@ def main(argv=None) -> int:
     config, secondary, head = release.config(), float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE), release.image_score()
     cache = Path(args.cache)
     tag = f"floor{args.detector_floor:g}{S.layer_tag(args.max_instances, args.detection_nms)}"
-    train_rows = pickle.loads((cache / f"train_detections_{weights.stem}_{tag}_f2_t2.pkl").read_bytes())
+    train_rows = pickle.loads(output_path(cache, weights, args.detector_floor, args.max_instances,
+                                          args.detection_nms).read_bytes())
     val_rows = S.detections(weights, args.detector_floor, S.cache_path(cache, weights, args.detector_floor,
                                                                        args.max_instances, args.detection_nms),
                             args.max_instances, args.detection_nms)
     t0 = time.perf_counter()
-    train = pass_features(train_rows, training_datasets(), config, args.size,
+    train = pass_features(train_rows, {name: ds for name, ds, _ in pool_sets()}, config, args.size,
                           ROOT / f"logs/region_score_cache/outline_train_{tag}_s{args.size}.npz")
     val = pass_features(val_rows, {name: ds for name, ds, _ in S.val_sets()}, config, args.size,
                         ROOT / f"logs/region_score_cache/outline_val_{tag}_s{args.size}.npz")

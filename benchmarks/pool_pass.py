@@ -22,10 +22,28 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def main(argv=None) -> int:
+def output_path(cache, weights: Path, floor: float, max_instances: int | None, nms: float | None,
+                figshare_every: int = 2, tumor_free_every: int = 2) -> Path:
+    """The pass's pickle: per model, detection layer and the training sets' sampling."""
+    import region_score_sweep as S
+
+    return Path(cache) / (f"train_detections_{weights.stem}_floor{floor:g}{S.layer_tag(max_instances, nms)}"
+                          f"_f{figshare_every}_t{tumor_free_every}.pkl")
+
+
+def pool_sets(figshare_every: int = 2, tumor_free_every: int = 2) -> list:
+    """``[(name, dataset, image_ids)]`` the pass runs over (``fit_region_score.training_sets`` on ../shared/data)."""
     import region_score_sweep as S
 
     from braintumor.fit_region_score import training_sets
+
+    return training_sets(S.SHARED / "brain_tumor_data", S.SHARED / "figshare", S.SHARED / "tumor_free",
+                         figshare_every, tumor_free_every)
+
+
+def main(argv=None) -> int:
+    import region_score_sweep as S
+
     from braintumor.release.files import default_release
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -39,14 +57,12 @@ def main(argv=None) -> int:
     if args.figshare_every < 1 or args.tumor_free_every < 1:
         raise SystemExit("--figshare-every and --tumor-free-every must be at least 1")
     weights = Path(args.weights) if args.weights else default_release()
-    out = Path(args.cache) / (f"train_detections_{weights.stem}_floor{args.detector_floor:g}"
-                              f"{S.layer_tag(args.max_instances, args.detection_nms)}"
-                              f"_f{args.figshare_every}_t{args.tumor_free_every}.pkl")
+    out = output_path(args.cache, weights, args.detector_floor, args.max_instances, args.detection_nms,
+                      args.figshare_every, args.tumor_free_every)
     if out.is_file():
         print(f"{out} exists")
         return 0
-    sets = training_sets(S.SHARED / "brain_tumor_data", S.SHARED / "figshare", S.SHARED / "tumor_free",
-                         args.figshare_every, args.tumor_free_every)
+    sets = pool_sets(args.figshare_every, args.tumor_free_every)
     print(", ".join(f"{name}: {len(ids)}" for name, _, ids in sets), flush=True)
     t0 = time.perf_counter()
     rows = S.detection_pass(S.pass_predictor(weights, args.detector_floor, args.max_instances, args.detection_nms), sets)

@@ -56,6 +56,18 @@ def to_molded_frame(rois: np.ndarray, info) -> np.ndarray:
     return (boxes / np.array([mh, mw, mh, mw])).astype(np.float32)
 
 
+def from_molded_frame(boxes: np.ndarray, info) -> np.ndarray:
+    """``[K, (y1, x1, y2, x2)]`` normalized to the molded frame of ``info`` -> normalized to the original image: the
+    inverse of :func:`to_molded_frame` (no rounding or clipping: a crop's square may reach outside [0, 1])."""
+    mh, mw = info.molded_shape[:2]
+    oy, ox = (info.crop[0], info.crop[1]) if info.crop is not None else (0, 0)
+    wy, wx = info.window[0], info.window[1]
+    px = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([mh, mw, mh, mw])
+    px = (px - np.array([wy, wx, wy, wx]) + np.array([oy, ox, oy, ox])) / info.scale
+    h, w = info.original_shape[:2]
+    return (px / np.array([h, w, h, w])).astype(np.float32)
+
+
 def region_crops(molded: np.ndarray, boxes: np.ndarray, size: int = SIZE, context=CONTEXT
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``molded [1, h, w, C]`` float32 (``mold_inputs``), ``boxes [K, (y1, x1, y2, x2)]`` normalized ->

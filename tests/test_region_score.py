@@ -28,6 +28,21 @@ def test_boxes_map_to_the_molded_frame_by_hand():
     np.testing.assert_allclose(R.to_molded_frame(np.array([[10, 20, 42, 52]]), cropped), [[0, 0, 0.5, 0.5]], atol=1e-6)
 
 
+def test_from_molded_frame_inverts_to_molded_frame_even_outside_the_image():
+    padded = ResizeInfo(window=(0, 32, 128, 96), scale=1.28, padding=[(0, 0), (32, 32), (0, 0)], crop=None,
+                        original_shape=(100, 50, 3), molded_shape=(128, 128, 3))
+    cropped = ResizeInfo(window=(0, 0, 64, 64), scale=1.0, padding=[(0, 0)] * 3, crop=(10, 20, 64, 64),
+                         original_shape=(100, 100, 3), molded_shape=(64, 64, 3))
+    px = np.array([[10, 5, 60, 45], [-20, -10, 110, 70]], np.float64)   # the second reaches outside the image
+    for info in (padded, cropped):
+        back = R.from_molded_frame(R.to_molded_frame(px, info), info)
+        h, w = info.original_shape[:2]
+        np.testing.assert_allclose(back * np.array([h, w, h, w]), px, atol=1e-3)
+    # by hand: the window (x 32..96 of 128, all 128 rows) is the whole image
+    np.testing.assert_allclose(R.from_molded_frame(np.array([[0.0, 0.25, 1.0, 0.75]]), padded), [[0, 0, 1, 1]],
+                               atol=1e-6)
+
+
 def test_a_crop_is_the_grey_square_around_the_box_with_context():
     molded = np.full((1, 64, 64, 3), 5.0, np.float32)
     molded[0, 24:40, 16:48] = [30.0, 60.0, 90.0]          # a 16 x 32 box of grey 60 on grey 5
