@@ -162,8 +162,11 @@ def main(argv=None) -> int:
     config, secondary, head = release.config(), float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE), release.image_score()
     cache = Path(args.cache)
     tag = f"floor{args.detector_floor:g}{S.layer_tag(args.max_instances, args.detection_nms)}"
-    train_rows = pickle.loads(output_path(cache, weights, args.detector_floor, args.max_instances,
-                                          args.detection_nms).read_bytes())
+    pool = output_path(cache, weights, args.detector_floor, args.max_instances, args.detection_nms)
+    if not pool.is_file():
+        raise SystemExit(f"{pool}: not found; run benchmarks/pool_pass.py with the same --detector-floor, "
+                         "--max-instances and --detection-nms first")
+    train_rows = pickle.loads(pool.read_bytes())
     val_rows = S.detections(weights, args.detector_floor, S.cache_path(cache, weights, args.detector_floor,
                                                                        args.max_instances, args.detection_nms),
                             args.max_instances, args.detection_nms)
