@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--out", required=True, help="output JSON file")
     fi.add_argument("--cache", help="folder to cache features in (one .npz per set and model)")
     fi.add_argument("--l2", type=float, default=0.01, help="L2 penalty on standardised features (default 0.01)")
-    fi.add_argument("--confident-detection", type=float, default=0.9,
-                    help="a detection scoring at least this flags the image by itself (default 0.9)")
+    fi.add_argument("--confident-detection", type=float, metavar="C",
+                    help="a detection scoring at least this flags the image by itself (default 0.9 for a new head; "
+                         "with --threshold-of: the head's own unless given)")
     fi.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity the threshold keeps (default 0.95)")
     fi.add_argument("--threshold-of", metavar="HEAD.json|model",
                     help="keep this head (a file, or 'model': the release's own) and choose only its threshold again "

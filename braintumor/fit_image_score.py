@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from braintumor.errors import BrainTumorError
 from braintumor.evaluate import rewindow_like_br35h
-from braintumor.image_score import ImageScore, choose_threshold, fit
+from braintumor.image_score import DEFAULT_CONFIDENT_DETECTION, ImageScore, choose_threshold, fit
 
 TUMOR_P99 = 165.0  # mean 99th grey percentile of the tumor scans (Br35H: evaluate.BR35H_P99 = 213)
 FIGSHARE_SAMPLE = 200
@@ -177,6 +178,9 @@ def cli_fit_image_score(args) -> int:
             raise BrainTumorError(f"{folder}: not a folder ({flag})")
     if not 0.5 <= args.sensitivity < 1.0:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
+    confident = getattr(args, "confident_detection", None)
+    if confident is not None and not 0.0 < confident <= 1.0:
+        raise BrainTumorError(f"--confident-detection must be in (0, 1], got {confident}")
     out = Path(args.out)
     from braintumor.evaluate import EVAL_SCORE_FLOOR
 
@@ -199,13 +203,14 @@ def cli_fit_image_score(args) -> int:
     no_green = getattr(args, "operating_point", None)
     if no_green is not None and not 0.0 < no_green <= 1.0:
         raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
-    head, record = fit_head(feats, args.l2, args.confident_detection, args.sensitivity, no_green)
+    confident = DEFAULT_CONFIDENT_DETECTION if args.confident_detection is None else args.confident_detection
+    head, record = fit_head(feats, args.l2, confident, args.sensitivity, no_green)
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
     config = f" --config {args.config}" if args.config else ""
     config += command_options(*region)
     command = (f"braintumor fit-image-score --weights {predictor.weights_path}{config} --data {data} --tumor-free "
-               f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {args.confident_detection:g} "
+               f"{args.tumor_free}{figshare} --l2 {args.l2:g} --confident-detection {confident:g} "
                f"--sensitivity {args.sensitivity:g}" + (f" --operating-point {no_green:g}" if no_green else "")
                + f" --out {args.out}")
     record.update({"weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
@@ -245,6 +250,9 @@ def _rethreshold(args, predictor, data: Path, source: str, out: Path, extra: str
 
     doc = _head_document(source, predictor)
     head = ImageScore.from_dict(doc)
+    confident = getattr(args, "confident_detection", None)
+    if confident is not None:  # a new level for "a detection flags the image by itself", e.g. on a combined score
+        head = replace(head, confident_detection=float(confident))
     val = load_split(data, "val")
     ids = list(val.image_ids)
     if not ids:
@@ -257,16 +265,18 @@ def _rethreshold(args, predictor, data: Path, source: str, out: Path, extra: str
     new = choose_threshold(head, feats, best, args.sensitivity, no_green)
     flagged = new.flags(feats, best)
     fit = {**(doc.get("fit") or {}), "rethresholded": {
-        "from": doc["_where"], "threshold_before": float(head.threshold), "target_sensitivity": args.sensitivity,
+        "from": doc["_where"], "threshold_before": float(doc["threshold"]),
+        "confident_detection_before": float(doc["confident_detection"]), "target_sensitivity": args.sensitivity,
         "no_green_at": no_green, "val_sensitivity": round(float(flagged.mean()), 4), "val_images": len(ids),
         "weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
         "command": (f"braintumor fit-image-score --weights {predictor.weights_path}{extra} --data {data} "
-                    f"--threshold-of {source} --sensitivity {args.sensitivity:g}"
+                    f"--threshold-of {source}" + (f" --confident-detection {confident:g}" if confident is not None else "")
+                    + f" --sensitivity {args.sensitivity:g}"
                     + (f" --operating-point {no_green:g}" if no_green else "") + f" --out {args.out}")}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps({**new.to_dict(), "fit": fit}, indent=1) + "\n", encoding="utf-8")
     tmp.replace(out)
-    print(f"threshold {head.threshold:.4f} -> {new.threshold:.4f} (detection >= {new.confident_detection:g} also flags): "
+    print(f"threshold {float(doc['threshold']):.4f} -> {new.threshold:.4f} (detection >= {new.confident_detection:g} also flags): "
           f"val sensitivity {flagged.mean():.3f} of {len(ids)}; written {out}")
     return 0

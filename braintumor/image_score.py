@@ -25,6 +25,8 @@ from braintumor.errors import BrainTumorError
 
 POOLED_LAYERS = ("fpn_p4", "fpn_p5")  # pooled into the ``image_features`` of every MaskRCNN.detect() result
 VERDICTS = ("tumor", "suspected", "uncertain", "no_tumor")
+DEFAULT_CONFIDENT_DETECTION = 0.9  # a detection scoring at least this flags the image by itself, unless a head says
+# otherwise (``fit-image-score --confident-detection``: the release with a region scorer flags from its combined score)
 THRESHOLD_MARGIN_LOGIT = 0.1  # the chosen threshold sits this far (log-odds) below the last val scan it must flag:
 # the float16 release moved one head probability by up to 0.004 (0.05 in log-odds at 0.92), enough to unflag a
 # scan whose probability was the threshold itself (stage 4, 2026-12-02: a green "no tumor" on a val tumor scan)
@@ -51,7 +53,7 @@ class ImageScore:
     weights: np.ndarray       # [F] logistic weights on standardised features
     bias: float
     threshold: float = 0.5    # on probability()
-    confident_detection: float = 0.9  # a detection at least this confident flags the image by itself
+    confident_detection: float = DEFAULT_CONFIDENT_DETECTION  # a detection at least this confident flags the image by itself
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """``[N]`` in (0, 1): the head's "tumor present" probability for ``features [N, F]``."""
@@ -106,7 +108,7 @@ def load_image_score(path) -> ImageScore:
         raise BrainTumorError(f"{path}: {e}") from None
 
 
-def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_detection: float = 0.9,
+def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_detection: float = DEFAULT_CONFIDENT_DETECTION,
         sample_weight: np.ndarray | None = None, maxiter: int = 1000) -> ImageScore:
     """L2-regularised logistic regression on standardised ``features [N, F]``, ``labels [N]`` (1 = tumor).
 

@@ -125,9 +125,11 @@ def test_a_figshare_sample_is_a_deterministic_sorted_subset_and_all_when_it_asks
     assert F.sample_ids(ids, 50) == ids and F.sample_ids(ids, 999) == ids and F.sample_ids(ids, None) == ids
 
 
-def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alone(tmp_path, monkeypatch, capsys):
-    """--threshold-of: the weights of the head file unchanged, only val read, the threshold chosen for the
-    detections the model gives now (here: every val scan's best detection is weak, so the head must flag them)."""
+@pytest.fixture
+def weak_val(tmp_path, monkeypatch):
+    """A grey predictor (best detection = grey / 255) on 20 val scans of grey 100, 103, ..., 157 (best
+    detections 0.39 .. 0.62), and a head file whose probability rises with the grey level and whose own
+    confident detection, 0.6, flags only the two brightest: ``(predictor, data folder, head, head file)``."""
     from braintumor.image_score import ImageScore
 
     weights = tmp_path / "model.h5"
@@ -139,7 +141,7 @@ def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alon
         image_ids = list(range(20))
 
         def load_image(self, i):
-            return np.full((8, 8, 3), 100 + 3 * i, np.uint8)     # best detections 0.39 .. 0.62: one confident
+            return np.full((8, 8, 3), 100 + 3 * i, np.uint8)
 
     import braintumor.data as D
     monkeypatch.setattr(D, "load_split", lambda data, split: Val())
@@ -147,9 +149,16 @@ def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alon
                       confident_detection=0.6)
     src = tmp_path / "head.json"
     src.write_text(json.dumps({**head.to_dict(), "fit": {"l2": 0.5}}))
-    out = tmp_path / "again.json"
     data = tmp_path / "data"
     data.mkdir()
+    return pred, data, head, src
+
+
+def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alone(tmp_path, weak_val, capsys):
+    """--threshold-of: the weights of the head file unchanged, only val read, the threshold chosen for the
+    detections the model gives now (here: every val scan's best detection is weak, so the head must flag them)."""
+    pred, data, head, src = weak_val
+    out = tmp_path / "again.json"
     assert main(["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--sensitivity", "0.9",
                  "--out", str(out)]) == 0
     assert "0.9900 ->" in capsys.readouterr().out and pred.calls == 20, "val alone is read"
@@ -165,3 +174,31 @@ def test_threshold_of_keeps_the_head_and_chooses_its_threshold_again_on_val_alon
     assert "no embedded image-level head" in capsys.readouterr().err
     assert main(["fit-image-score", "--data", str(data), "--out", str(out)]) == 2
     assert "--tumor-free is needed" in capsys.readouterr().err
+
+
+def test_threshold_of_with_a_confident_detection_level_flags_from_it_and_records_the_old_one(tmp_path, weak_val, capsys):
+    """--threshold-of --confident-detection C: the head's level replaced by C before its threshold is chosen. At
+    0.45, 15 of the 20 val scans (grey >= 115) are flagged by their detection alone, which meets sensitivity 0.75,
+    so the head adds nothing (threshold 1); at its own 0.6 the head must flag 13 of the 18 weaker ones."""
+    pred, data, head, src = weak_val
+    own, low = tmp_path / "own.json", tmp_path / "low.json"
+    assert main(["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--sensitivity", "0.75",
+                 "--out", str(own)]) == 0
+    assert main(["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--sensitivity", "0.75",
+                 "--confident-detection", "0.45", "--out", str(low)]) == 0
+    feats = np.array([[100 + 3 * i, 1.0] for i in range(20)])
+    best = feats[:, 0] / 255
+    a, b = load_image_score(own), load_image_score(low)
+    assert a.confident_detection == 0.6 and b.confident_detection == 0.45
+    assert a.threshold < 0.99 and b.threshold == 1.0
+    assert np.array_equal(b.flags(feats, best), best >= 0.45) and b.flags(feats, best).sum() == 15
+    bright_weak, dark_sure = np.array([[157.0, 1.0], [100.0, 1.0]]), np.array([0.1, 0.5])
+    assert a.flags(bright_weak, dark_sure).tolist() == [True, False], "its own level: the head flags, 0.5 does not"
+    assert b.flags(bright_weak, dark_sure).tolist() == [False, True], "at 0.45: the detection flags, the head never"
+    doc = json.loads(low.read_text())["fit"]["rethresholded"]
+    assert doc["confident_detection_before"] == 0.6 and "--confident-detection 0.45" in doc["command"]
+    capsys.readouterr()
+    assert main(["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--confident-detection", "1.5",
+                 "--out", str(low)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--confident-detection" in err[0] and "1.5" in err[0]
