@@ -44,14 +44,6 @@ def image_info(sets: dict, record) -> dict:
     return sets[source].image_info[int(i)]
 
 
-def by_kind(rows: list, rs, secondary: float) -> dict[str, list]:
-    """The pass's records re-scored as ``detect()`` keeps them, grouped by kind (thesis, none, the three types)."""
-    out: dict[str, list] = {}
-    for (kind, _, _, rec), p in rows:
-        out.setdefault(kind, []).append(sweep.rescored(rec, p, rs, secondary))
-    return out
-
-
 def level_row(by: dict, sets: dict, head, level: float, op: float, sensitivity: float) -> dict:
     """The rule's figures with ``confident_detection = level`` and the head's threshold chosen again on thesis val."""
     from braintumor.evaluate import image_rule_summary
@@ -110,7 +102,7 @@ def main(argv=None) -> int:
         rs = replace(rs, weight=args.region_weight, _fn=None)
     config = release.config()
     dets = sweep.detections(weights, rs.detector_floor, sweep.cache_path(args.cache, weights, rs.detector_floor))
-    by = by_kind(list(zip(dets, sweep.region_probabilities(dets, rs, config))), rs,
+    by = sweep.by_kind(list(zip(dets, sweep.region_probabilities(dets, rs, config))), rs,
                  float(config.DETECTION_SECONDARY_MIN_CONFIDENCE))
     sets = {source: ds for source, ds, _ in sweep.val_sets()}
     op = float(M.choose_operating_point([r.max_score for r in by["thesis"]],

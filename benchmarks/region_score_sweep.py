@@ -167,14 +167,21 @@ def rescored(rec, region: np.ndarray, rs, secondary: float):
     return new
 
 
+def by_kind(rows: list, rs, secondary: float) -> dict[str, list]:
+    """The pass's records re-scored as ``detect()`` keeps them (:func:`rescored`), grouped by kind (thesis, none,
+    and the three Figshare types); ``rows``: ``[((kind, source, image_id, record), region probabilities)]``."""
+    out: dict[str, list] = {}
+    for (kind, _, _, rec), p in rows:
+        out.setdefault(kind, []).append(rescored(rec, p, rs, secondary))
+    return out
+
+
 def figures(rows: list, rs, secondary: float, head) -> dict:
     from braintumor import metrics as M
     from braintumor.evaluate import image_rule_summary
     from braintumor.image_score import choose_threshold
 
-    by: dict[str, list] = {}
-    for (kind, _, _, rec), p in rows:
-        by.setdefault(kind, []).append(rescored(rec, p, rs, secondary))
+    by = by_kind(rows, rs, secondary)
     free = [r.max_score for r in by["none"]]
     op = float(M.choose_operating_point([r.max_score for r in by["thesis"]], free)["robust_threshold"])
     row = {"weight": rs.weight, "operating_point": round(op, 4), "tumor_free_at_op": int(sum(f >= op for f in free))}

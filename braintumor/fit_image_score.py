@@ -203,7 +203,7 @@ def cli_fit_image_score(args) -> int:
     no_green = getattr(args, "operating_point", None)
     if no_green is not None and not 0.0 < no_green <= 1.0:
         raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
-    confident = DEFAULT_CONFIDENT_DETECTION if args.confident_detection is None else args.confident_detection
+    confident = DEFAULT_CONFIDENT_DETECTION if confident is None else confident
     head, record = fit_head(feats, args.l2, confident, args.sensitivity, no_green)
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
                 f"{args.figshare_seed}" if args.figshare else "")
