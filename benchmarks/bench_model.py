@@ -4,6 +4,8 @@ Measured, each in its own subprocess (so peak RSS is per model: ``ru_maxrss`` of
 
 - ``ours-detect-resnet101`` / ``ours-detect-resnet50``: ``MaskRCNN(mode="inference").detect([image])``
   on one 512x512 uint8 RGB image (random init), median over ``--runs`` after ``--warmup`` calls.
+- ``ours-features-resnet101``: ``MaskRCNN.image_features([image])``, the same image's ``image_features``
+  from the backbone and FPN alone (what ``fit-image-score`` computes for the images it only fits on).
 - ``ours-train-resnet101`` / ``ours-train-resnet50``: one training step (``MaskRCNN.train``, layers
   ``all``, frozen BN as ``TRAIN_BN = False``, batch of 1 synthetic image with one tumor-like blob),
   timed per batch by a Keras callback.
@@ -58,6 +60,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 BENCHES = {
     "ours-detect-resnet101": ("main", "ours_detect", "resnet101", "detect"),
     "ours-detect-resnet50": ("main", "ours_detect", "resnet50", "detect"),
+    "ours-features-resnet101": ("main", "ours_features", "resnet101", "detect"),
     "ours-train-resnet101": ("main", "ours_train", "resnet101", "train"),
     "ours-train-resnet50": ("main", "ours_train", "resnet50", "train"),
     "ours-train-preset": ("main", "ours_train_preset", "resnet101", "train"),
@@ -74,6 +77,7 @@ BENCHES = {
 RATIOS = [
     ("detect / backbone forward, ResNet-101", "ours-detect-resnet101", "keras-forward-resnet101", 2.0),
     ("detect / backbone forward, ResNet-50", "ours-detect-resnet50", "keras-forward-resnet50", None),
+    ("image features alone / detect, ResNet-101", "ours-features-resnet101", "ours-detect-resnet101", None),
     ("our ResNet-50 detect / torchvision detect", "ours-detect-resnet50", "torch-detect-resnet50", 1.0),
     ("train step / backbone train step, ResNet-101", "ours-train-resnet101", "keras-train-resnet101", None),
     ("train step / backbone train step, ResNet-50", "ours-train-resnet50", "keras-train-resnet50", None),
@@ -160,6 +164,19 @@ def ours_detect(backbone: str, size: int, runs: int, warmup: int) -> dict:
         warm, times, res = _timed(lambda: model.detect([image]), runs, warmup)
     return {"build_s": build, "warmup_s": warm, "times_s": times, "detections": int(len(res[0]["class_ids"])),
             "params": int(model.keras_model.count_params())}
+
+
+def ours_features(backbone: str, size: int, runs: int, warmup: int) -> dict:
+    _tf_setup()
+    t = time.perf_counter()
+    from braintumor.mrcnn import MaskRCNN
+
+    with tempfile.TemporaryDirectory() as logs:
+        model = MaskRCNN(mode="inference", config=_ours_config(backbone, size), model_dir=logs)
+        build = time.perf_counter() - t
+        image, _ = _synthetic_image(size)
+        warm, times, _ = _timed(lambda: model.image_features([image]), runs, warmup)
+    return {"build_s": build, "warmup_s": warm, "times_s": times, "params": int(model.keras_model.count_params())}
 
 
 class _SyntheticDataset:

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         "tumor_free_held_out": (0, _reader(lambda: load_tumor_free(free, "held-out"))),
         "figshare_val": (1, _reader(lambda: load_figshare(fs, "val"))),
     }
-    feats = collect(predictor, {**fit_sets, **judge_sets}, out / "cache")
+    feats = collect(predictor, {**fit_sets, **judge_sets}, out / "cache", need_best=("val", *judge_sets))
     types = figshare_types(fs)
     fs_val, free_out, fs_all = feats["figshare_val"], feats["tumor_free_held_out"], feats["figshare_train_all"]
     val_types = np.asarray([types.get(n, "none") for n in fs_val["names"]])

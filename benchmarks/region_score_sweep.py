@@ -16,6 +16,12 @@ weight 0 is the release alone (its card's figures, as a check).
 
 The detection pass is cached in ``--cache`` (pickle of the records, per model and floor); another scorer costs
 its own region scores only (a minute).
+
+A training checkpoint is swept the same way (its run folder's config; the rule's figures only with a head of
+its own, ``--image-score``); ``--mask-threshold 0.4`` outlines it as the release does:
+
+    .venv/bin/python benchmarks/region_score_sweep.py --weights logs/RUN/mask_rcnn_tumor_0030.h5 \
+        --region-score logs/region_score/X.h5 --mask-threshold 0.4 [--image-score HEAD.json]
 """
 from __future__ import annotations
 
@@ -62,37 +68,58 @@ def add_layer_args(ap) -> None:
                     help="the pass's DETECTION_NMS_THRESHOLD (default: the model's, 0.3)")
 
 
-def layer_overrides(max_instances: int | None, nms: float | None) -> dict:
-    """Config overrides of the detection layer (empty: the model's own)."""
+def layer_overrides(max_instances: int | None, nms: float | None, mask_threshold: float | None = None) -> dict:
+    """Config overrides of the detection layer and outline (empty: the model's own)."""
     out = {}
     if max_instances:
         out["DETECTION_MAX_INSTANCES"] = int(max_instances)
     if nms is not None:
         out["DETECTION_NMS_THRESHOLD"] = float(nms)
+    if mask_threshold is not None:
+        out["DETECTION_MASK_THRESHOLD"] = float(mask_threshold)
     return out
 
 
-def layer_tag(max_instances: int | None, nms: float | None) -> str:
-    """File-name suffix of a pass's layer settings: ``_cap100_nms0.5``, or "" for the model's own."""
-    return (f"_cap{max_instances}" if max_instances else "") + (f"_nms{nms:g}" if nms is not None else "")
+def layer_tag(max_instances: int | None, nms: float | None, mask_threshold: float | None = None) -> str:
+    """File-name suffix of a pass's layer settings: ``_cap100_nms0.5_mask0.4``, or "" for the model's own."""
+    return ((f"_cap{max_instances}" if max_instances else "") + (f"_nms{nms:g}" if nms is not None else "")
+            + (f"_mask{mask_threshold:g}" if mask_threshold is not None else ""))
 
 
 def cache_path(cache: Path, weights: Path, floor: float, max_instances: int | None = None,
-               nms: float | None = None) -> Path:
-    """The detection pass's cache file: per model, floor and (when not the config's) cap and NMS threshold."""
-    return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{layer_tag(max_instances, nms)}.pkl"
+               nms: float | None = None, mask_threshold: float | None = None) -> Path:
+    """The detection pass's cache file: per model, floor and (when not the config's) cap, NMS and mask threshold."""
+    tag = layer_tag(max_instances, nms, mask_threshold)
+    return Path(cache) / f"detections_{weights.stem}_floor{floor:g}{tag}.pkl"
 
 
-def pass_predictor(weights: Path, floor: float, max_instances: int | None = None, nms: float | None = None):
-    """The release's predictor for a detection pass: float32, no scorer, every region down to ``floor`` kept
-    (``DETECTION_SECONDARY_MIN_CONFIDENCE`` 0), the detection layer as :func:`layer_overrides` says."""
+def pass_predictor(weights: Path, floor: float, max_instances: int | None = None, nms: float | None = None,
+                   mask_threshold: float | None = None):
+    """The model's predictor for a detection pass (a release or a training checkpoint): float32, no scorer,
+    every region down to ``floor`` kept (``DETECTION_SECONDARY_MIN_CONFIDENCE`` 0), the detection layer as
+    :func:`layer_overrides` says."""
     from braintumor.inference import load_predictor
 
     predictor = load_predictor(str(weights), min_confidence=floor, precision="float32")
     predictor.region_score = None
     predictor.config = predictor.config.replace(DETECTION_SECONDARY_MIN_CONFIDENCE=0.0,
-                                                **layer_overrides(max_instances, nms))
+                                                **layer_overrides(max_instances, nms, mask_threshold))
     return predictor
+
+
+def model_settings(weights: Path, image_score: str | None = None):
+    """``(config, head)`` of a release or a training checkpoint (its run folder's config.toml): the config the
+    records are re-scored with, and the image-level head (``image_score``: a fit-image-score file; default the
+    release's own, None for a checkpoint)."""
+    from braintumor.image_score import load_image_score
+    from braintumor.inference import config_for_checkpoint
+    from braintumor.release import is_release, open_release
+
+    release = open_release(weights) if is_release(weights) else None
+    config = release.config() if release is not None else config_for_checkpoint(weights, None)
+    if image_score:
+        return config, load_image_score(image_score)
+    return config, (release.image_score() if release is not None else None)
 
 
 def detection_pass(predictor, sets: list, kind=None, log_every: int = 100) -> list:
@@ -122,7 +149,7 @@ def write_pickle(path: Path, rows) -> None:
 
 
 def detections(weights: Path, floor: float, path: Path, max_instances: int | None = None,
-               nms: float | None = None) -> list:
+               nms: float | None = None, mask_threshold: float | None = None) -> list:
     """``[(kind, source, image_id, ImageRecord with every region down to floor)]`` of the val sets, cached at
     ``path``; ``kind`` is the Figshare tumor type or the source.
 
@@ -130,7 +157,7 @@ def detections(weights: Path, floor: float, path: Path, max_instances: int | Non
     for this pass (None: the model's config)."""
     if path.is_file():
         return pickle.loads(path.read_bytes())
-    predictor = pass_predictor(weights, floor, max_instances, nms)
+    predictor = pass_predictor(weights, floor, max_instances, nms, mask_threshold)
     out = detection_pass(predictor, val_sets(),
                          kind=lambda source, ds, i: figshare_kind(ds, i) if source == "figshare" else source)
     write_pickle(path, out)
@@ -207,12 +234,16 @@ def figures(rows: list, rs, secondary: float, head) -> dict:
 
 def main(argv=None) -> int:
     from braintumor.region_score import load_region_score
-    from braintumor.release import open_release
     from braintumor.release.files import default_release
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default=None, help="model file (default: the release)")
+    ap.add_argument("--weights", default=None, help="model file: a release (default: the release in models/) or a "
+                                                   "training checkpoint")
     ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
+    ap.add_argument("--image-score", default=None, metavar="FILE.json",
+                    help="image-level head for the rule's figures (default: the release's own; none for a checkpoint)")
+    ap.add_argument("--mask-threshold", type=float, default=None, metavar="P",
+                    help="the pass's DETECTION_MASK_THRESHOLD (default: the model's; the release's is 0.4)")
     ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
     ap.add_argument("--detector-floor", type=float, default=None,
                     help="the detection layer's floor (default: the scorer's own, 0.05)")
@@ -223,14 +254,13 @@ def main(argv=None) -> int:
     rs = load_region_score(args.region_score)
     if args.detector_floor is not None:
         rs = replace(rs, detector_floor=args.detector_floor, _fn=None)
-    release = open_release(weights)
-    secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
-    head = release.image_score()
+    config, head = model_settings(weights, args.image_score)
+    secondary = float(config.DETECTION_SECONDARY_MIN_CONFIDENCE)
+    layer = (args.max_instances, args.detection_nms, args.mask_threshold)
     t0 = time.perf_counter()
-    dets = detections(weights, rs.detector_floor, cache_path(args.cache, weights, rs.detector_floor, args.max_instances,
-                                                             args.detection_nms), args.max_instances, args.detection_nms)
+    dets = detections(weights, rs.detector_floor, cache_path(args.cache, weights, rs.detector_floor, *layer), *layer)
     t1 = time.perf_counter()
-    probs = region_probabilities(dets, rs, release.config())
+    probs = region_probabilities(dets, rs, config)
     print(f"{len(dets)} val images: detections {t1 - t0:.0f} s, region scores {time.perf_counter() - t1:.0f} s", flush=True)
     rows = list(zip(dets, probs))
     report = []
@@ -239,8 +269,9 @@ def main(argv=None) -> int:
         report.append(row)
         print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
-    floor += layer_tag(args.max_instances, args.detection_nms)
-    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{floor}.json"
+    floor += layer_tag(*layer)
+    model = "" if args.weights is None else f"_{weights.parent.name}_{weights.stem}"
+    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{model}{floor}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
                    + "\n", encoding="utf-8")
     print(f"written {out}")

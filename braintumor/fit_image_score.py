@@ -41,6 +41,7 @@ from braintumor.image_score import DEFAULT_CONFIDENT_DETECTION, ImageScore, choo
 TUMOR_P99 = 165.0  # mean 99th grey percentile of the tumor scans (Br35H: evaluate.BR35H_P99 = 213)
 FIGSHARE_SAMPLE = 200
 FIGSHARE_SEED = 0
+BEST_SCORE_SETS = ("val",)  # the sets whose best detection scores are read (the threshold's); the rest are fitted on
 
 
 def darken_like_tumor_scans(image: np.ndarray) -> np.ndarray:
@@ -93,8 +94,12 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sam
     return sets
 
 
-def extract(predictor, images) -> tuple[np.ndarray, np.ndarray]:
-    """``([N, F] float32 image_features, [N] highest detection score, 0 without detections)``."""
+def extract(predictor, images, need_best: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``([N, F] float32 image_features, [N] highest detection score, 0 without detections)``; without
+    ``need_best`` the features alone (the backbone and FPN, :meth:`Predictor.image_features`) and NaN scores."""
+    if not need_best:
+        images = list(images)
+        return predictor.image_features(images), np.full(len(images), np.nan, np.float32)
     feats, best = [], []
     for im in images:
         r = predictor.detect([im])[0]
@@ -118,15 +123,20 @@ def _file_tag(path: Path, config=None, region_score=None) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode()).hexdigest()[:12]
 
 
-def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, dict[str, Any]]:
-    """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there."""
+def collect(predictor, sets: dict, cache: Path | None, log=print,
+            need_best=BEST_SCORE_SETS) -> dict[str, dict[str, Any]]:
+    """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there.
+
+    Only the sets named in ``need_best`` (None: all) are detected on, for their images' best scores; the
+    others are only fitted on, so their features come from the backbone and FPN alone and ``best`` is NaN."""
     out = {}
     config = getattr(predictor, "config", None)
     tag = _file_tag(Path(predictor.weights_path), config if hasattr(config, "to_dict") else None,
                     getattr(predictor, "region_score", None))
     for name, (label, read) in sets.items():
         path = cache / f"{name}-{tag}.npz" if cache is not None else None
-        if path is not None and path.is_file():
+        wants_best = need_best is None or name in need_best
+        if path is not None and path.is_file() and not (wants_best and np.isnan(np.load(path)["best"]).any()):
             z = np.load(path)
             out[name] = {"label": label, "names": list(z["names"]), "features": z["features"], "best": z["best"]}
             log(f"  {name}: {len(z['names'])} images (cached)")
@@ -135,7 +145,7 @@ def collect(predictor, sets: dict, cache: Path | None, log=print) -> dict[str, d
         names, images = read()
         if len(names) == 0:
             raise BrainTumorError(f"{name}: no images")
-        feats, best = extract(predictor, images)
+        feats, best = extract(predictor, images, need_best=wants_best)
         out[name] = {"label": label, "names": names, "features": feats, "best": best}
         log(f"  {name}: {len(names)} images, {time.perf_counter() - t0:.0f} s")
         if path is not None:

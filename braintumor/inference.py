@@ -132,6 +132,10 @@ class Predictor:
             DETECTION_MIN_CONFIDENCE=min(float(self.config.DETECTION_MIN_CONFIDENCE), self.region_score.detector_floor),
             DETECTION_SECONDARY_MIN_CONFIDENCE=0.0)
 
+    def image_features(self, images: list[np.ndarray]) -> np.ndarray:
+        """float32 ``[N, F]``: each image's ``image_features`` as :meth:`detect` gives them, without detecting."""
+        return self.load().image_features(images)
+
     def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         model = self.load()
         results = [model.detect([img])[0] for img in images]

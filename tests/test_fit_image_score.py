@@ -1,4 +1,5 @@
-"""``braintumor fit-image-score``: features through detect(), cached, fitted, threshold on val."""
+"""``braintumor fit-image-score``: features (through detect() where the best score is read), cached, fitted,
+threshold on val."""
 
 from __future__ import annotations
 
@@ -15,16 +16,22 @@ from braintumor.image_score import load_image_score
 
 
 class GreyPredictor:
-    """``image_features`` = [mean grey, a fixed second feature]; one detection scoring mean grey / 255."""
+    """``image_features`` = [mean grey, a fixed second feature]; one detection scoring mean grey / 255.
+    ``calls``: images read by either path; ``detected``: of them, by detect()."""
 
     def __init__(self, path: Path):
         self.weights_path = path
-        self.calls = 0
+        self.calls = self.detected = 0
 
     def detect(self, images):
         self.calls += 1
+        self.detected += 1
         g = float(images[0].mean())
         return [{"scores": np.array([g / 255], np.float32), "image_features": np.array([g, 1.0], np.float32)}]
+
+    def image_features(self, images):
+        self.calls += len(images)
+        return np.stack([np.array([float(im.mean()), 1.0], np.float32) for im in images])
 
 
 def _sets(rng):
@@ -41,6 +48,8 @@ def test_features_are_cached_per_model_and_the_head_separates_and_keeps_val_sens
     pred = GreyPredictor(weights)
     sets = _sets(np.random.default_rng(0))
     feats = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    assert pred.detected == 20, "only val's best scores are read: the fitted sets skip detection"
+    assert np.isnan(feats["train"]["best"]).all() and not np.isnan(feats["val"]["best"]).any()
     assert pred.calls == 90 and sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == [
         "train", "tumor_free_train", "val"]
     again = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
@@ -59,6 +68,11 @@ def test_features_are_cached_per_model_and_the_head_separates_and_keeps_val_sens
     pred.config = Config({"PRECISION": "mixed_bfloat16"})
     F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
     assert pred.calls == 360
+
+    detected = pred.detected
+    every = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None, need_best=None)
+    assert pred.detected == detected + 70, "a cached set without best scores is detected again when they are read"
+    assert not np.isnan(every["train"]["best"]).any()
 
     head, record = F.fit_head(feats, l2=0.01, confident_detection=0.99, sensitivity=0.95)
     assert record["val_sensitivity"] >= 0.95 and record["val_images"] == 20

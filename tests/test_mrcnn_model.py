@@ -254,6 +254,21 @@ def test_detect_returns_pooled_fpn_features_of_each_image(tmp_path):
     assert not np.allclose(res[0]["image_features"], res[1]["image_features"])
 
 
+def test_image_features_alone_equal_detects_for_images_of_any_size(tmp_path):
+    """The backbone-and-FPN path gives detect()'s ``image_features``, also for an image molded with padding."""
+    cfg = tiny_config()
+    m = MaskRCNN("inference", cfg, tmp_path)
+    imgs = [blob_image(64, 64, [(10, 20, 30, 50)])[0], blob_image(48, 80, [(5, 5, 40, 30)], seed=1)[0]]
+    feats = m.image_features(imgs)
+    assert feats.shape == (2, 4 * cfg.TOP_DOWN_PYRAMID_SIZE) and feats.dtype == np.float32
+    for f, img in zip(feats, imgs):
+        np.testing.assert_allclose(f, m.detect([img])[0]["image_features"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(feats[0], feats[1])
+    assert m.image_features([]).shape == (0, 4 * cfg.TOP_DOWN_PYRAMID_SIZE)
+    with pytest.raises(BrainTumorError, match="inference"):
+        MaskRCNN("training", cfg, tmp_path).image_features(imgs)
+
+
 def test_detect_applies_the_secondary_confidence_bar(tmp_path):
     """An untrained model scores its regions about 1 / NUM_CLASSES: with no floor it returns many;
     with DETECTION_SECONDARY_MIN_CONFIDENCE above every score only the best is left, the same one."""

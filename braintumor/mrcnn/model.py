@@ -294,6 +294,7 @@ class MaskRCNN:
         self.model_dir = Path(model_dir)
         self.epoch = 0
         self._predict_fn = None
+        self._features_fn = None
         if mode == "training":  # same SEED -> same initial weights (and sampling in the graph)
             keras.utils.set_random_seed(config.SEED)
         self.set_log_dir()
@@ -452,16 +453,22 @@ class MaskRCNN:
         return history
 
     # ----------------------------------------------------------- inference
+    def _pooled_features(self):
+        """The ``[batch, 4 × TOP_DOWN_PYRAMID_SIZE]`` tensor of ``image_features``: global average then max
+        pooling of each of :data:`IMAGE_FEATURE_LAYERS`, in that order (a function of the image input alone)."""
+        km = self.keras_model
+        pooled = []
+        for name in IMAGE_FEATURE_LAYERS:
+            t = km.get_layer(name).output
+            pooled += [keras.ops.mean(t, axis=(1, 2)), keras.ops.max(t, axis=(1, 2))]
+        return keras.ops.concatenate(pooled, axis=-1)
+
     def _predict(self, molded, metas):
         import tensorflow as tf
 
         if self._predict_fn is None:
             km = self.keras_model
-            pooled = []
-            for name in IMAGE_FEATURE_LAYERS:
-                t = km.get_layer(name).output
-                pooled += [keras.ops.mean(t, axis=(1, 2)), keras.ops.max(t, axis=(1, 2))]
-            model = keras.Model(km.inputs, [km.outputs[0], km.outputs[3], keras.ops.concatenate(pooled, axis=-1)])
+            model = keras.Model(km.inputs, [km.outputs[0], km.outputs[3], self._pooled_features()])
             img_spec = tf.TensorSpec((None,) + tuple(km.inputs[0].shape[1:]), tf.float32)
             meta_spec = tf.TensorSpec((None, self.config.IMAGE_META_SIZE), tf.float32)
 
@@ -472,6 +479,31 @@ class MaskRCNN:
             self._predict_fn = fn
         det, masks, feats = self._predict_fn(tf.convert_to_tensor(molded), tf.convert_to_tensor(metas))
         return det.numpy(), masks.numpy(), feats.numpy().astype(np.float32)
+
+    def image_features(self, images) -> np.ndarray:
+        """float32 ``[N, 4 × TOP_DOWN_PYRAMID_SIZE]``: the ``image_features`` :meth:`detect` returns for each
+        uint8 RGB image ``[H, W, 3]``, from the backbone and FPN alone (no proposals, heads or masks: about a
+        third of ``detect()``'s work; ``benchmarks/bench_model.py --only ours-features-resnet101``)."""
+        import tensorflow as tf
+
+        if self.mode != "inference":
+            raise BrainTumorError("create the model with mode='inference' to read image features")
+        if self._features_fn is None:
+            km = self.keras_model
+            model = keras.Model(km.inputs[0], self._pooled_features())
+            img_spec = tf.TensorSpec((None,) + tuple(km.inputs[0].shape[1:]), tf.float32)
+
+            @tf.function(input_signature=[img_spec], reduce_retracing=True)
+            def fn(images):
+                return model(images, training=False)
+
+            self._features_fn = fn
+        out = []
+        for im in images:  # one at a time: mold_inputs pads each image as detect() does
+            molded, _, _ = mold_inputs([im], self.config)
+            out.append(self._features_fn(tf.convert_to_tensor(molded)).numpy().astype(np.float32)[0])
+        width = 2 * len(IMAGE_FEATURE_LAYERS) * int(self.config.TOP_DOWN_PYRAMID_SIZE)
+        return np.stack(out) if out else np.zeros((0, width), np.float32)
 
     def detect(self, images, verbose: int = 0) -> list[dict]:
         """Detect instances in uint8 RGB images ``[H, W, 3]`` (any sizes).
