@@ -97,9 +97,9 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sam
 def extract(predictor, images, need_best: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``([N, F] float32 image_features, [N] highest detection score, 0 without detections)``; without
     ``need_best`` the features alone (the backbone and FPN, :meth:`Predictor.image_features`) and NaN scores."""
-    if not need_best:
-        images = list(images)
-        return predictor.image_features(images), np.full(len(images), np.nan, np.float32)
+    if not need_best:  # one image at a time, as below: a set is never held in memory whole
+        feats = np.stack([predictor.image_features([im])[0] for im in images])
+        return feats, np.full(len(feats), np.nan, np.float32)
     feats, best = [], []
     for im in images:
         r = predictor.detect([im])[0]
