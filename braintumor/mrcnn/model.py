@@ -482,8 +482,8 @@ class MaskRCNN:
 
     def image_features(self, images) -> np.ndarray:
         """float32 ``[N, 4 × TOP_DOWN_PYRAMID_SIZE]``: the ``image_features`` :meth:`detect` returns for each
-        uint8 RGB image ``[H, W, 3]``, from the backbone and FPN alone (no proposals, heads or masks: about a
-        third of ``detect()``'s work; ``benchmarks/bench_model.py --only ours-features-resnet101``)."""
+        uint8 RGB image ``[H, W, 3]``, from the backbone and FPN alone (no proposals, heads or masks: 0.42 × detect()'s
+        time, ``benchmarks/bench_model.py --only ours-detect-resnet101 ours-features-resnet101``)."""
         import tensorflow as tf
 
         if self.mode != "inference":
