@@ -22,6 +22,9 @@ its own, ``--image-score``); ``--mask-threshold 0.4`` outlines it as the release
 
     .venv/bin/python benchmarks/region_score_sweep.py --weights logs/RUN/mask_rcnn_tumor_0030.h5 \
         --region-score logs/region_score/X.h5 --mask-threshold 0.4 [--image-score HEAD.json]
+
+``--region-score`` given more than once sweeps the scorers together: each region's probability is the
+geometric mean of theirs (the first one's crop settings and floor; a measurement, ``detect()`` embeds one scorer).
 """
 from __future__ import annotations
 
@@ -179,6 +182,14 @@ def region_probabilities(rows: list, region_score, config) -> list:
     return out
 
 
+def mean_probabilities(per_scorer: list) -> list:
+    """The geometric mean, region by region, of several scorers' probabilities (``[scorer][image][D]``)."""
+    if len(per_scorer) == 1:
+        return per_scorer[0]
+    return [np.exp(np.mean([np.log(np.maximum(p[i], 1e-12)) for p in per_scorer], axis=0)).astype(np.float32)
+            for i in range(len(per_scorer[0]))]
+
+
 def rescored(rec, region: np.ndarray, rs, secondary: float):
     """``rec`` with its regions re-scored and kept as :meth:`RegionScore.rescore` keeps them (floor 0 here: the
     operating point is applied by the metrics)."""
@@ -239,7 +250,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None, help="model file: a release (default: the release in models/) or a "
                                                    "training checkpoint")
-    ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
+    ap.add_argument("--region-score", required=True, action="append",
+                    help="a region-score file (braintumor fit-region-score); repeated: their geometric mean")
     ap.add_argument("--image-score", default=None, metavar="FILE.json",
                     help="image-level head for the rule's figures (default: the release's own; none for a checkpoint)")
     ap.add_argument("--mask-threshold", type=float, default=None, metavar="P",
@@ -251,7 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=str(ROOT / "logs/region_score"))
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
-    rs = load_region_score(args.region_score)
+    scorers = [load_region_score(f) for f in args.region_score]
+    rs = scorers[0]
     if args.detector_floor is not None:
         rs = replace(rs, detector_floor=args.detector_floor, _fn=None)
     config, head = model_settings(weights, args.image_score)
@@ -260,7 +273,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     dets = detections(weights, rs.detector_floor, cache_path(args.cache, weights, rs.detector_floor, *layer), *layer)
     t1 = time.perf_counter()
-    probs = region_probabilities(dets, rs, config)
+    probs = mean_probabilities([region_probabilities(dets, s, config) for s in scorers])
     print(f"{len(dets)} val images: detections {t1 - t0:.0f} s, region scores {time.perf_counter() - t1:.0f} s", flush=True)
     rows = list(zip(dets, probs))
     report = []
@@ -271,7 +284,7 @@ def main(argv=None) -> int:
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
     floor += layer_tag(*layer)
     model = "" if args.weights is None else f"_{weights.parent.name}_{weights.stem}"
-    out = Path(args.cache) / f"sweep_{Path(args.region_score).stem}{model}{floor}.json"
+    out = Path(args.cache) / f"sweep_{'+'.join(Path(f).stem for f in args.region_score)}{model}{floor}.json"
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "rows": report}, indent=1)
                    + "\n", encoding="utf-8")
     print(f"written {out}")
