@@ -562,6 +562,7 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
         epoch = model.epoch_in_progress
         path = model.checkpoint_path_for(epoch)
         model.save_weights(path, epoch=epoch)
+        model.save_optimizer_state(epoch)  # the momentum of that moment, for --init last
         print(f"\ninterrupted during epoch {epoch}: weights saved to {path}; "
               f"continue with: braintumor train --config {run_dir / 'config.toml'} --init last", flush=True)
         return run_dir

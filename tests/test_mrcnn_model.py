@@ -174,6 +174,54 @@ def test_train_writes_checkpoints_resumes_and_find_last(tmp_path):
         MaskRCNN("inference", cfg, tmp_path).train(ds, None, 0.01, 1, "heads")
 
 
+@pytest.mark.slow
+def test_resumed_training_gets_the_checkpoints_momentum_back(tmp_path, capsys):
+    from braintumor.mrcnn.model import OPTIMIZER_STATE
+
+    cfg = tiny_config()
+    ds = blob_dataset(3, empty_every=3)
+    m = MaskRCNN("training", cfg, tmp_path)
+    m.train(ds, None, learning_rate=0.01, epochs=1, layers="heads", verbose=0)
+    state = m.log_dir / OPTIMIZER_STATE
+    assert state.is_file() and not list(m.log_dir.glob("*.tmp*"))
+    after = {v.path: keras.ops.convert_to_numpy(mo) for v, mo in m._optimizer_slots()}
+    assert after and any(np.abs(a).max() > 0 for a in after.values())
+
+    seen = {}
+
+    class AtStart(keras.callbacks.Callback):  # runs after the checkpoint callback's on_train_begin
+        def __init__(self, owner):
+            super().__init__()
+            self.owner = owner
+
+        def on_train_begin(self, logs=None):
+            seen.update({v.path: keras.ops.convert_to_numpy(mo) for v, mo in self.owner._optimizer_slots()})
+
+    m2 = MaskRCNN("training", cfg, tmp_path)
+    m2.load_weights(m2.find_last())
+    m2.train(ds, None, learning_rate=0.01, epochs=2, layers="heads", callbacks=[AtStart(m2)], verbose=0)
+    assert "momentum of" in capsys.readouterr().out
+    assert set(seen) == set(after)
+    for k, a in after.items():
+        np.testing.assert_array_equal(seen[k], a)
+    with np.load(state) as z:
+        assert int(z["epoch"]) == 2
+
+    # the weights of epoch 1 with the momentum of epoch 2: zero momentum, and the message says why
+    m3 = MaskRCNN("training", cfg, tmp_path)
+    m3.load_weights(m.log_dir / "mask_rcnn_tiny_0001.h5")
+    m3.set_trainable("heads")
+    m3.compile(0.01)
+    assert "is of epoch 2, the weights of epoch 1" in m3.restore_optimizer_state()
+    # another set of trainable variables (another stage): zero momentum
+    m4 = MaskRCNN("training", cfg, tmp_path)
+    m4.load_weights(m2.find_last())
+    m4.set_trainable("all")
+    m4.compile(0.01)
+    assert "other trainable variables" in m4.restore_optimizer_state()
+    assert all(np.abs(keras.ops.convert_to_numpy(mo)).max() == 0 for _, mo in m4._optimizer_slots())
+
+
 def test_set_log_dir_parses_run_folder_and_epoch(tmp_path):
     m = MaskRCNN("inference", tiny_config(), tmp_path)
     assert m.epoch == 0 and m.log_dir.parent == tmp_path and m.log_dir.name.startswith("tiny")

@@ -267,16 +267,27 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr": self.lr, "offset": self.offset, "warmup": self.warmup, "total": self.total, "cosine": self.cosine}
 
 
-class _EpochCheckpoint(keras.callbacks.Callback):
-    """Saves ``mask_rcnn_<name>_<epoch:04d>.h5`` after every epoch and advances ``MaskRCNN.epoch``."""
+OPTIMIZER_STATE = "optimizer_state.npz"  # in the run folder: the SGD momentum after the newest checkpoint
 
-    def __init__(self, owner: "MaskRCNN"):
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves ``mask_rcnn_<name>_<epoch:04d>.h5`` and the optimizer's momentum (:data:`OPTIMIZER_STATE`,
+    the newest epoch's only) after every epoch, advances ``MaskRCNN.epoch``, and on a resumed run puts
+    the momentum saved with the checkpoint it resumes from back before the first step."""
+
+    def __init__(self, owner: "MaskRCNN", log=print):
         super().__init__()
         self.owner = owner
+        self.log = log
+
+    def on_train_begin(self, logs=None):
+        if self.owner.epoch > 0:
+            self.log(self.owner.restore_optimizer_state())
 
     def on_epoch_end(self, epoch, logs=None):
         self.owner.epoch = epoch + 1
         self.owner.save_weights(self.owner.checkpoint_path_for(epoch + 1), epoch=epoch + 1)
+        self.owner.save_optimizer_state(epoch + 1)
 
 
 class MaskRCNN:
@@ -366,6 +377,64 @@ class MaskRCNN:
         Path(filepath).parent.mkdir(parents=True, exist_ok=True)
         save_weights_h5(self.keras_model, filepath, epoch=epoch)
 
+    def _optimizer_slots(self) -> list:
+        """``[(trainable variable, its momentum variable)]`` of the built SGD optimizer ([] without momentum)."""
+        opt = self.keras_model.optimizer
+        momentums = list(getattr(opt, "momentums", None) or [])
+        variables = list(getattr(opt, "_trainable_variables", None) or self.keras_model.trainable_variables)
+        return list(zip(variables, momentums)) if len(variables) == len(momentums) else []
+
+    def save_optimizer_state(self, epoch: int) -> Path | None:
+        """Write the SGD momentum of every trainable variable, with ``epoch``, to the run folder's
+        :data:`OPTIMIZER_STATE` (atomically; it replaces the previous epoch's). None when there is none."""
+        opt = getattr(self.keras_model, "optimizer", None)
+        slots = self._optimizer_slots() if opt is not None and opt.built else []
+        if not slots:
+            return None
+        path = self.log_dir / OPTIMIZER_STATE
+        tmp = path.with_name("optimizer_state.tmp.npz")
+        arrays = {f"m{i}": keras.ops.convert_to_numpy(m) for i, (_, m) in enumerate(slots)}
+        np.savez(tmp, names=np.array([v.path for v, _ in slots]), epoch=np.int64(epoch), **arrays)
+        tmp.replace(path)
+        return path
+
+    def restore_optimizer_state(self) -> str:
+        """Put back the momentum :meth:`save_optimizer_state` wrote with the checkpoint of ``self.epoch``
+        (the optimizer is built on the trainable variables first); returns what was done. The momentum
+        stays at zero, and the message says why, when the file is missing, of another epoch, or saved
+        for another set of trainable variables (another ``LAYERS`` stage)."""
+        import tensorflow as tf
+
+        path = self.log_dir / OPTIMIZER_STATE
+        if not path.is_file():
+            return f"momentum starts at zero: no {OPTIMIZER_STATE} in {self.log_dir}"
+        try:
+            with np.load(path) as z:
+                saved_epoch = int(z["epoch"])
+                saved = {str(n): z[f"m{i}"] for i, n in enumerate(z["names"])}
+        except (OSError, ValueError, KeyError) as e:
+            return f"momentum starts at zero: {path}: unreadable ({e})"
+        if saved_epoch != self.epoch:
+            return f"momentum starts at zero: {path} is of epoch {saved_epoch}, the weights of epoch {self.epoch}"
+        opt = getattr(self.keras_model, "optimizer", None)
+        if opt is None:
+            return "momentum starts at zero: the model is not compiled"
+        if not opt.built:
+            if tf.distribute.has_strategy():
+                return "momentum starts at zero: the optimizer is not built inside the distribution strategy"
+            opt.build(self.keras_model.trainable_variables)
+        slots = self._optimizer_slots()
+        if not slots:
+            return "momentum starts at zero: the optimizer has no momentum"
+        for v, m in slots:
+            a = saved.get(v.path)
+            if a is None or tuple(a.shape) != tuple(m.shape):
+                return (f"momentum starts at zero: {path} was saved for other trainable variables "
+                        f"({len(saved)} saved, {len(slots)} now; first unmatched: {v.path})")
+        for v, m in slots:
+            m.assign(saved[v.path])
+        return f"momentum of {len(slots)} variables restored from {path} (epoch {saved_epoch})"
+
     # ------------------------------------------------------------ training
     def set_trainable(self, layers: str, verbose: int = 0) -> None:
         """Train only the layer group ``layers`` (``heads``, ``3+``, ``4+``, ``5+``, ``all``, ``mask``) or a regex.
@@ -414,8 +483,9 @@ class MaskRCNN:
         train_dataset/val_dataset: Dataset objects (``val_dataset`` may be None);
         augmentation: an augmenter ``(image, masks, class_ids, rng) -> (...)``, a config
         ``AUGMENTATION`` dict, or None; callbacks: extra keras callbacks.
-        Writes ``config.toml`` and ``mask_rcnn_<name>_<epoch:04d>.h5`` after each epoch
-        into ``self.log_dir``. Returns the keras ``History``.
+        Writes ``config.toml``, ``mask_rcnn_<name>_<epoch:04d>.h5`` and the momentum
+        (:data:`OPTIMIZER_STATE`) after each epoch into ``self.log_dir``; a run resumed from its
+        checkpoint (``self.epoch`` > 0) gets that checkpoint's momentum back. Returns the keras ``History``.
         """
         if self.mode != "training":
             raise BrainTumorError("create the model with mode='training' to train")
