@@ -281,7 +281,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.log = log
 
     def on_train_begin(self, logs=None):
-        if self.owner.epoch > 0:
+        if self.owner.resuming:  # the first stage after load_weights() of this run's checkpoint
+            self.owner.resuming = False
             self.log(self.owner.restore_optimizer_state())
 
     def on_epoch_end(self, epoch, logs=None):
@@ -304,6 +305,7 @@ class MaskRCNN:
         self.config = config
         self.model_dir = Path(model_dir)
         self.epoch = 0
+        self.resuming = False  # load_weights() read a checkpoint of this run: train() puts its momentum back
         self._predict_fn = None
         self._features_fn = None
         if mode == "training":  # same SEED -> same initial weights (and sampling in the graph)
@@ -362,6 +364,7 @@ class MaskRCNN:
 
         report = load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=tuple(exclude or ()))
         self.set_log_dir(filepath)
+        self.resuming = self.epoch > 0
         return report
 
     def load_imagenet_weights(self):
@@ -485,7 +488,8 @@ class MaskRCNN:
         ``AUGMENTATION`` dict, or None; callbacks: extra keras callbacks.
         Writes ``config.toml``, ``mask_rcnn_<name>_<epoch:04d>.h5`` and the momentum
         (:data:`OPTIMIZER_STATE`) after each epoch into ``self.log_dir``; a run resumed from its
-        checkpoint (``self.epoch`` > 0) gets that checkpoint's momentum back. Returns the keras ``History``.
+        checkpoint (:meth:`load_weights`) gets that checkpoint's momentum back in its first call (later
+        stages start theirs at zero, as a new stage always did). Returns the keras ``History``.
         """
         if self.mode != "training":
             raise BrainTumorError("create the model with mode='training' to train")
