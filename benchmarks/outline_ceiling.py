@@ -14,6 +14,8 @@ If the oracle is below a target, ranking cannot reach it: the outlines themselve
 
     .venv/bin/python benchmarks/outline_ceiling.py --region-score logs/region_score/X.h5 --region-weight 0.3 \\
         --operating-point 0.3008
+
+A training checkpoint reads the sweep's pass of it: ``--weights logs/RUN/mask_rcnn_tumor_0030.h5 --mask-threshold 0.4``.
 """
 from __future__ import annotations
 
@@ -61,11 +63,13 @@ def main(argv=None) -> int:
 
     from braintumor import metrics as M
     from braintumor.region_score import load_region_score
-    from braintumor.release import open_release
     from braintumor.release.files import default_release
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default=None, help="model file (default: the release)")
+    ap.add_argument("--weights", default=None, help="model file: a release (default: the release in models/) or a "
+                                                   "training checkpoint (its run folder's config)")
+    ap.add_argument("--mask-threshold", type=float, default=None, metavar="P",
+                    help="the pass's DETECTION_MASK_THRESHOLD, as given to region_score_sweep.py (default: the model's)")
     ap.add_argument("--region-score", required=True, help="a region-score file (braintumor fit-region-score)")
     ap.add_argument("--region-weight", type=float, required=True, help="0: the detector's own scores")
     ap.add_argument("--operating-point", type=float, required=True, help="the combined score a region is shown from")
@@ -77,11 +81,11 @@ def main(argv=None) -> int:
     rs = load_region_score(args.region_score)
     rs = replace(rs, weight=args.region_weight, _fn=None,
                  detector_floor=rs.detector_floor if args.detector_floor is None else args.detector_floor)
-    release = open_release(weights)
-    secondary = float(release.config().DETECTION_SECONDARY_MIN_CONFIDENCE)
-    dets = S.detections(weights, rs.detector_floor, S.cache_path(args.cache, weights, rs.detector_floor, args.max_instances,
-                                                                 args.detection_nms), args.max_instances, args.detection_nms)
-    probs = S.region_probabilities(dets, rs, release.config())
+    config, _ = S.model_settings(weights)
+    secondary = float(config.DETECTION_SECONDARY_MIN_CONFIDENCE)
+    layer = (args.max_instances, args.detection_nms, args.mask_threshold)
+    dets = S.detections(weights, rs.detector_floor, S.cache_path(args.cache, weights, rs.detector_floor, *layer), *layer)
+    probs = S.region_probabilities(dets, rs, config)
     by: dict[str, tuple[list, list]] = {}
     for (kind, _, _, rec), p in zip(dets, probs):
         if kind == "none":
@@ -95,8 +99,9 @@ def main(argv=None) -> int:
     report["figshare"] = summary([r for k in fs for r in by[k][0]], [d for k in fs for d in by[k][1]])
     for kind, row in report.items():
         print(f"{kind:10s} {json.dumps(row)}")
-    out = Path(args.cache) / (f"ceiling_{Path(args.region_score).stem}_w{args.region_weight:g}_floor{rs.detector_floor:g}"
-                              f"{S.layer_tag(args.max_instances, args.detection_nms)}.json")
+    model = "" if args.weights is None else f"_{weights.parent.name}_{weights.stem}"
+    out = Path(args.cache) / (f"ceiling_{Path(args.region_score).stem}{model}_w{args.region_weight:g}"
+                              f"_floor{rs.detector_floor:g}{S.layer_tag(*layer)}.json")
     out.write_text(json.dumps({"weights": weights.name, "region_score": args.region_score, "weight": args.region_weight,
                                "operating_point": args.operating_point, "sets": report}, indent=1) + "\n")
     print(f"written {out}")
