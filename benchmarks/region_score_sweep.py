@@ -264,9 +264,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     weights = Path(args.weights) if args.weights else default_release()
     scorers = [load_region_score(f) for f in args.region_score]
-    rs = scorers[0]
     if args.detector_floor is not None:
-        rs = replace(rs, detector_floor=args.detector_floor, _fn=None)
+        scorers[0] = replace(scorers[0], detector_floor=args.detector_floor, _fn=None)
+    rs = scorers[0]  # its floor is the pass's; its weight is swept
     config, head = model_settings(weights, args.image_score)
     secondary = float(config.DETECTION_SECONDARY_MIN_CONFIDENCE)
     layer = (args.max_instances, args.detection_nms, args.mask_threshold)

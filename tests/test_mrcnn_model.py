@@ -226,6 +226,22 @@ def test_resumed_training_gets_the_checkpoints_momentum_back(tmp_path, capsys):
     assert all(np.abs(keras.ops.convert_to_numpy(mo)).max() == 0 for _, mo in m4._optimizer_slots())
 
 
+def test_unreadable_or_missing_momentum_file_is_one_line_and_training_goes_on(tmp_path):
+    from braintumor.mrcnn.model import OPTIMIZER_STATE
+
+    m = MaskRCNN("training", tiny_config(), tmp_path)
+    run = tmp_path / "tiny20260101T0930"
+    run.mkdir()
+    m.set_log_dir(run / "mask_rcnn_tiny_0003.h5")
+    m.compile(0.01)
+    msg = m.restore_optimizer_state()
+    assert msg.startswith("momentum starts at zero: no optimizer_state.npz") and "\n" not in msg
+    (run / OPTIMIZER_STATE).write_bytes(b"not a zip file")
+    msg = m.restore_optimizer_state()
+    assert msg.startswith("momentum starts at zero:") and str(run / OPTIMIZER_STATE) in msg and "unreadable" in msg
+    assert "\n" not in msg
+
+
 def test_set_log_dir_parses_run_folder_and_epoch(tmp_path):
     m = MaskRCNN("inference", tiny_config(), tmp_path)
     assert m.epoch == 0 and m.log_dir.parent == tmp_path and m.log_dir.name.startswith("tiny")
