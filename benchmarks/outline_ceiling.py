@@ -10,6 +10,11 @@ float32) and a region scorer at ``--region-weight``, per tumor scan:
   the floor): what a perfect ranker with perfect thresholds could show with these outlines;
 - **some region on the tumor**: any region at mask IoU >= 0.5.
 
+And where a scan has no fitting region, whether the box or the mask is short (``boxes``: the best box IoU of
+any region with the tumor's box, in three bins; the mean mask IoU of the best-boxed region where that box fits
+at IoU >= 0.7), and the **false outlines**: regions shown at the operating point (as ``detect()`` keeps them)
+that do not touch the tumor (on the tumor-free images: every region shown).
+
 If the oracle is below a target, ranking cannot reach it: the outlines themselves must get better.
 
     .venv/bin/python benchmarks/outline_ceiling.py --region-score logs/region_score/X.h5 --region-weight 0.3 \\
@@ -33,8 +38,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def single_region_figures(rec, combined: np.ndarray, op: float) -> dict:
-    """One scan's row: mask IoU and Dice of each region with the tumor's union, the top region's, the oracle's."""
+    """One scan's row: mask IoU and Dice of each region with the tumor's union, the top region's, the oracle's;
+    the best box IoU with the box round the tumor's instances and that region's mask IoU."""
     from pycocotools import mask as mask_utils
+
+    from braintumor.boxes import box_iou
 
     gt = mask_utils.merge(list(rec.gt_rles)) if len(rec.gt_rles) > 1 else rec.gt_rles[0]
     g = float(mask_utils.area(gt))
@@ -42,10 +50,28 @@ def single_region_figures(rec, combined: np.ndarray, op: float) -> dict:
     area = np.array([float(mask_utils.area(r)) for r in rec.rles])
     dice = 2 * inter / np.maximum(area + g, 1.0)
     iou = inter / np.maximum(area + g - inter, 1.0)
+    gb = np.asarray(rec.gt_boxes, np.float64)
+    tumor_box = np.array([[gb[:, 0].min(), gb[:, 1].min(), gb[:, 2].max(), gb[:, 3].max()]])
+    biou = box_iou(np.asarray(rec.boxes, np.float64).reshape(-1, 4), tumor_box)[:, 0]
+    best_box = int(np.argmax(biou)) if len(biou) else -1
     top = int(np.argmax(combined)) if len(combined) else -1
     return {"top_on_tumor": bool(top >= 0 and iou[top] >= 0.5), "top_at_op": bool(top >= 0 and combined[top] >= op),
             "top_dice": float(dice[top]) if top >= 0 else 0.0, "oracle_dice": float(dice.max()) if len(dice) else 0.0,
-            "some_on_tumor": bool(len(iou) and iou.max() >= 0.5)}
+            "some_on_tumor": bool(len(iou) and iou.max() >= 0.5),
+            "best_box_iou": float(biou[best_box]) if best_box >= 0 else 0.0,
+            "best_box_mask_iou": float(iou[best_box]) if best_box >= 0 else 0.0}
+
+
+def false_outlines(shown, op: float) -> int:
+    """The regions of ``shown`` (a record as ``detect()`` keeps its regions) at ``op`` that do not touch the
+    tumor; on a tumor-free image every region at ``op``."""
+    from pycocotools import mask as mask_utils
+
+    at_op = [r for r, s in zip(shown.rles, shown.scores) if s >= op]
+    if not len(shown.gt_rles):
+        return len(at_op)
+    gt = mask_utils.merge(list(shown.gt_rles)) if len(shown.gt_rles) > 1 else shown.gt_rles[0]
+    return int(sum(mask_utils.area(mask_utils.merge([r, gt], intersect=True)) == 0 for r in at_op))
 
 
 def summary(rows: list[dict], shown: list[float]) -> dict:
@@ -55,7 +81,24 @@ def summary(rows: list[dict], shown: list[float]) -> dict:
             "top_on_tumor": len(on), "top_on_tumor_at_op": len(on_op),
             "dice_when_top_on_tumor": round(float(np.mean([r["top_dice"] for r in on])), 4) if on else None,
             "oracle_dice": round(float(np.mean([r["oracle_dice"] for r in rows])), 4),
-            "some_region_on_tumor": int(sum(r["some_on_tumor"] for r in rows))}
+            "some_region_on_tumor": int(sum(r["some_on_tumor"] for r in rows)),
+            "boxes": box_summary(rows),
+            "false_outlines": int(sum(r["false_outlines"] for r in rows)),
+            "scans_with_false_outline": int(sum(r["false_outlines"] > 0 for r in rows))}
+
+
+def box_summary(rows: list[dict]) -> dict:
+    """Of the scans with no region on the tumor (mask IoU >= 0.5), how many have a box on it anyway (box IoU
+    >= 0.5: the mask is short), a box at 0.3-0.5, or none above 0.3; and the mask IoU of the best-boxed region
+    where that box fits at IoU >= 0.7 (the mask head's share when the box is right)."""
+    unfit = [r for r in rows if not r["some_on_tumor"]]
+    boxed = [r for r in rows if r["best_box_iou"] >= 0.7]
+    return {"no_region_on_tumor": len(unfit),
+            "box_but_no_mask": int(sum(r["best_box_iou"] >= 0.5 for r in unfit)),
+            "box_iou_0.3_to_0.5": int(sum(0.3 <= r["best_box_iou"] < 0.5 for r in unfit)),
+            "box_iou_below_0.3": int(sum(r["best_box_iou"] < 0.3 for r in unfit)),
+            "box_iou_0.7_scans": len(boxed),
+            "mask_iou_when_box_0.7": round(float(np.mean([r["best_box_mask_iou"] for r in boxed])), 4) if boxed else None}
 
 
 def main(argv=None) -> int:
@@ -87,16 +130,22 @@ def main(argv=None) -> int:
     dets = S.detections(weights, rs.detector_floor, S.cache_path(args.cache, weights, rs.detector_floor, *layer), *layer)
     probs = S.region_probabilities(dets, rs, config)
     by: dict[str, tuple[list, list]] = {}
+    healthy = []
     for (kind, _, _, rec), p in zip(dets, probs):
-        if kind == "none":
-            continue
         combined = rs.combine(rec.scores, p) if rs.weight > 0 else np.asarray(rec.scores, np.float32)
+        kept = S.rescored(rec, p, rs, secondary)
+        if kind == "none":
+            healthy.append(false_outlines(kept, args.operating_point))
+            continue
         rows, shown = by.setdefault(kind, ([], []))
-        rows.append(single_region_figures(rec, combined, args.operating_point))
-        shown.append(M.segmentation_summary([S.rescored(rec, p, rs, secondary)], args.operating_point)["dice_mean"])
+        rows.append({**single_region_figures(rec, combined, args.operating_point),
+                     "false_outlines": false_outlines(kept, args.operating_point)})
+        shown.append(M.segmentation_summary([kept], args.operating_point)["dice_mean"])
     report = {kind: summary(*v) for kind, v in by.items()}
     fs = [k for k in by if k != "thesis"]
     report["figshare"] = summary([r for k in fs for r in by[k][0]], [d for k in fs for d in by[k][1]])
+    report["tumor_free"] = {"images": len(healthy), "false_outlines": int(sum(healthy)),
+                            "images_with_false_outline": int(sum(h > 0 for h in healthy))}
     for kind, row in report.items():
         print(f"{kind:10s} {json.dumps(row)}")
     model = "" if args.weights is None else f"_{weights.parent.name}_{weights.stem}"

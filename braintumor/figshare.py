@@ -15,7 +15,9 @@ inflate every val figure. The split, by the first rule the folder supports:
    numbers in :data:`VAL_BLOCKS` are val, every number within :data:`GAP` of a val block is
    left out of both sides (a patient's slices straddling a block edge), the rest is train.
    The archive is ordered by tumor type in long runs, so the three blocks hold one type
-   each: meningioma 601-700, pituitary 1501-1600, glioma 2701-2800.
+   each: meningioma 601-700, pituitary 1501-1600, glioma 2701-2800. None of these slices is
+   axial (meningioma sagittal, pituitary coronal, glioma coronal then sagittal): the Figshare val
+   figures are figures on sagittal and coronal slices.
 
 Every rule is a property of the slice number or patient, never a random draw: the same
 split on every machine and in every run.
