@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -123,6 +124,19 @@ def _file_tag(path: Path, config=None, region_score=None) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{settings}".encode()).hexdigest()[:12]
 
 
+def read_cached(path: Path | None, log=print) -> dict[str, Any] | None:
+    """``{"names", "features" [N, F], "best" [N]}`` of a cache file written by :func:`collect`, read once; None
+    when there is none, or (said in one line) when it cannot be read: the set is then computed again."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return {"names": list(z["names"]), "features": z["features"], "best": z["best"]}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        log(f"  {path}: unreadable cache ({type(e).__name__}), computed again")
+        return None
+
+
 def collect(predictor, sets: dict, cache: Path | None, log=print,
             need_best=BEST_SCORE_SETS) -> dict[str, dict[str, Any]]:
     """name -> {"label", "names", "features" [N, F], "best" [N]}, read from ``cache`` when there.
@@ -136,10 +150,10 @@ def collect(predictor, sets: dict, cache: Path | None, log=print,
     for name, (label, read) in sets.items():
         path = cache / f"{name}-{tag}.npz" if cache is not None else None
         wants_best = need_best is None or name in need_best
-        if path is not None and path.is_file() and not (wants_best and np.isnan(np.load(path)["best"]).any()):
-            z = np.load(path)
-            out[name] = {"label": label, "names": list(z["names"]), "features": z["features"], "best": z["best"]}
-            log(f"  {name}: {len(z['names'])} images (cached)")
+        cached = read_cached(path, log)
+        if cached is not None and not (wants_best and np.isnan(cached["best"]).any()):
+            out[name] = {"label": label, **cached}
+            log(f"  {name}: {len(cached['names'])} images (cached)")
             continue
         t0 = time.perf_counter()
         names, images = read()

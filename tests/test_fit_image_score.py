@@ -216,3 +216,21 @@ def test_threshold_of_with_a_confident_detection_level_flags_from_it_and_records
                  "--out", str(low)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--confident-detection" in err[0] and "1.5" in err[0]
+
+
+def test_an_unreadable_cache_file_is_one_line_and_the_set_is_computed_again(tmp_path):
+    weights = tmp_path / "model.h5"
+    weights.write_bytes(b"x")
+    pred = GreyPredictor(weights)
+    sets = _sets(np.random.default_rng(0))
+    feats = F.collect(pred, sets, tmp_path / "cache", log=lambda *a: None)
+    calls = pred.calls
+    (bad,) = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("train-")]
+    bad.write_bytes(b"not a zip")  # e.g. a copy cut short
+    lines = []
+    again = F.collect(pred, sets, tmp_path / "cache", log=lines.append)
+    unreadable = [s for s in lines if "unreadable" in s]
+    assert len(unreadable) == 1 and bad.name in unreadable[0] and "\n" not in unreadable[0]
+    assert pred.calls == calls + len(feats["train"]["names"]), "only the unreadable set is computed again"
+    assert again["train"]["features"].shape == feats["train"]["features"].shape
+    assert F.read_cached(bad, log=lambda *a: None) is not None, "and its cache is written anew"
