@@ -46,14 +46,11 @@ class Heads:
     """The model's backbone pass and its ROI heads on any boxes (normalized to the molded frame)."""
 
     def __init__(self, model):
-        import keras
         import tensorflow as tf
+        from tumor_type_probe import base_pass
 
-        km = model.keras_model
         self.config = model.config
-        maps = [km.get_layer(f"fpn_p{i}").output for i in (2, 3, 4, 5)]
-        base = keras.Model(km.inputs, [km.outputs[0]] + maps)
-        layer = km.get_layer
+        base, layer = base_pass(model)
 
         def box_deltas(boxes, meta, maps):
             k = tf.shape(boxes)[1]
@@ -173,7 +170,9 @@ def main(argv=None) -> int:
     for v in variants:
         report[v] = {}
         by = rows[v]
-        by["figshare"] = [r for k in ("meningioma", "glioma", "pituitary") for r in by.get(k, [])]
+        figshare = [r for k in ("meningioma", "glioma", "pituitary") for r in by.get(k, [])]
+        if figshare:
+            by["figshare"] = figshare
         for kind, rr in by.items():
             if kind == "none":
                 report[v][kind] = {"images": len(rr), "at_op": int(sum(r["false"] > 0 for r in rr))}

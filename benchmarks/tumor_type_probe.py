@@ -98,6 +98,16 @@ def molded_boxes(masks: np.ndarray, info) -> np.ndarray:
     return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 
+def base_pass(model):
+    """``(base, layer)``: a Keras model of ``model``'s inference graph, ``[image, meta] -> [detections, fpn_p2,
+    fpn_p3, fpn_p4, fpn_p5]`` (one backbone pass), and its ``get_layer``, to run the ROI heads again on any boxes."""
+    import keras
+
+    km = model.keras_model
+    maps = [km.get_layer(f"fpn_p{i}").output for i in (2, 3, 4, 5)]
+    return keras.Model(km.inputs, [km.outputs[0]] + maps), km.get_layer
+
+
 class RoiFeatures:
     """Features of one box, computed by the release's own ROI heads (what decides "tumor" and the outline).
 
@@ -109,14 +119,10 @@ class RoiFeatures:
     """
 
     def __init__(self, model):
-        import keras
         import tensorflow as tf
 
-        km = model.keras_model
         self.config = model.config
-        maps = [km.get_layer(f"fpn_p{i}").output for i in (2, 3, 4, 5)]
-        base = keras.Model(km.inputs, [km.outputs[0]] + maps)
-        layer = km.get_layer
+        base, layer = base_pass(model)
 
         def heads(boxes, meta, maps):
             k = tf.shape(boxes)[1]
