@@ -289,11 +289,17 @@ def test_export_refuses_to_replace_without_replace_then_replaces(exported, tmp_p
         R.export(exported["ckpt"], out=models, log=lambda *a: None, equivalence_images=0)
     assert old.name in str(e.value) and "0.61" in str(e.value) and "--replace" in str(e.value)
     better = _metrics(tmp_path / "m2" / "metrics.json", dice=0.7)
-    card = R.export(exported["ckpt"], out=models, metrics=[str(better)], replace=True, encoding="int8",
+    figshare = _metrics(tmp_path / "m3" / "metrics.json", dice=0.6)
+    doc = json.loads(figshare.read_text())
+    doc["dataset"]["n_images"], doc["by_category"] = 298, {"glioma": {"n_images": 100, "dice_mean": 0.4}}
+    figshare.write_text(json.dumps(doc))
+    card = R.export(exported["ckpt"], out=models, metrics=[str(better), str(figshare)], replace=True, encoding="int8",
                     equivalence_images=0, log=lambda *a: None)
     (new,) = R.find_releases(models)
     assert new != old and not old.exists() and not R.card_path(old).exists()
     assert card["replaces"]["file"] == old.name and card["replaces"]["better_on_val"] is True
+    assert card["replaces"]["figshare_val_dice"] is None and card["replaces"]["new_figshare_val_dice"] == 0.6
+    assert "Figshare val Dice — → 0.600" in R.render_card_markdown(card)
     assert card["replaces"]["val_dice"] == 0.61 and card["storage"]["encoding"] == "int8"
     assert sorted(p.name for p in models.iterdir()) == sorted([new.name, R.card_path(new).name])
 
@@ -514,6 +520,19 @@ def test_better_on_val_weighs_dice_and_specificity_with_tolerances():
     assert better_on_val((0.60, None), (0.55, 0.48)), "unknown figures are left out"
     rule = {"dice_mean": 0.7, "operating_point": {"specificity": 0.466}, "image_rule": {"specificity": 0.931}}
     assert val_figures(rule) == (0.7, 0.931) and val_figures({"dice_mean": 0.7, "operating_point": {"specificity": 0.466}}) == (0.7, 0.466)
+
+
+def test_better_on_val_weighs_the_figshare_val_dice_when_both_cards_have_it():
+    from braintumor.release.export import better_on_val, figshare_val_dice
+
+    assert better_on_val((0.81, 0.96, 0.66), (0.81, 0.96, 0.613)), "same thesis figures, better Figshare Dice"
+    assert not better_on_val((0.83, 0.96, 0.58), (0.81, 0.96, 0.613)), "thesis Dice up but Figshare Dice down"
+    assert not better_on_val((0.81, 0.96, 0.616), (0.81, 0.96, 0.613)), "a tie on all three is not better"
+    assert better_on_val((0.83, 0.96, None), (0.81, 0.96, 0.613)), "an old card without it: left out"
+    thesis = {"split": "val", "n_images": 61, "dice_mean": 0.81, "by_category": None}
+    figshare = {"split": "val", "n_images": 298, "dice_mean": 0.613, "by_category": {"glioma": {"dice_mean": 0.42}}}
+    assert figshare_val_dice([thesis, figshare]) == 0.613
+    assert figshare_val_dice([thesis]) is None and figshare_val_dice(None) is None
 
 
 def test_the_card_reports_the_image_level_rule_and_its_verdicts(tmp_path):

@@ -346,6 +346,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     if rep:
         spec = (f", specificity at sensitivity ≥ 0.95 {_fmt(rep.get('val_specificity'))} → "
                 f"{_fmt(rep.get('new_val_specificity'))}" if rep.get("new_val_specificity") is not None else "")
+        if rep.get("new_figshare_val_dice") is not None:
+            spec += (f", Figshare val Dice {_fmt(rep.get('figshare_val_dice'))} → "
+                     f"{_fmt(rep.get('new_figshare_val_dice'))}")
         lines += [f"Replaces `{rep.get('file')}` (val Dice {_fmt(rep.get('val_dice'))} → {_fmt(v.get('dice_mean'))}{spec}; "
                   f"{'better' if rep.get('better_on_val') else 'NOT better'} on val).", ""]
     lines += ["Data: " + "; ".join(f"{x['data']} — {x['source']} ({x['licence']})" for x in card.get("licences", [])) + ".",

@@ -30,11 +30,20 @@ def val_figures(val: dict | None) -> tuple[float | None, float | None]:
     return val.get("dice_mean"), spec
 
 
+def figshare_val_dice(summaries) -> float | None:
+    """Dice of the first evaluation by tumor type (a Figshare val set: ``by_category`` set) among card
+    ``val`` summaries (:func:`braintumor.release.card.metrics_summary`); None when there is none."""
+    for s in summaries or ():
+        if isinstance(s, dict) and s.get("by_category") and s.get("dice_mean") is not None:
+            return s["dice_mean"]
+    return None
+
+
 def better_on_val(new: tuple, old: tuple) -> bool:
-    """A release is better when Dice or specificity improves beyond the tolerances and neither
-    gets worse beyond them (``(Dice, specificity)`` pairs, None when unknown)."""
+    """A release is better when one of its val figures improves beyond its tolerance and none gets
+    worse beyond it: ``(Dice, specificity[, Figshare val Dice])`` tuples, None when unknown (left out)."""
     gains, losses = [], []
-    for n, o, tol in zip(new, old, (DICE_TOLERANCE, SPECIFICITY_TOLERANCE)):
+    for n, o, tol in zip(new, old, (DICE_TOLERANCE, SPECIFICITY_TOLERANCE, DICE_TOLERANCE)):
         if n is None or o is None:
             continue
         gains.append(n > o + tol)
@@ -42,12 +51,13 @@ def better_on_val(new: tuple, old: tuple) -> bool:
     return any(gains) and not any(losses)
 
 
-def _existing_val(head: Path) -> tuple[float | None, float | None]:
+def _existing_val(head: Path) -> tuple[float | None, float | None, float | None]:
+    """``(Dice, specificity, Figshare val Dice)`` of a release's card (None where it has none)."""
     try:
         card = json.loads(card_path(head).read_text(encoding="utf-8"))
-        return val_figures(card.get("val"))
-    except (OSError, ValueError):
-        return None, None
+        return (*val_figures(card.get("val")), figshare_val_dice(card.get("evaluations")))
+    except (OSError, ValueError, AttributeError):
+        return None, None, None
 
 
 def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, metrics: Sequence[str] = (),
@@ -136,21 +146,24 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     replaces = None
     if existing:
         old = existing[0]
-        old_dice, old_spec = _existing_val(old)
+        old_dice, old_spec, old_fs = _existing_val(old)
         if not replace:
             raise BrainTumorError(f"{folder}: already holds release {old.name} (val Dice {_fmt(old_dice)}); "
                                   f"pass --replace to replace it")
         new_dice, new_spec = val_figures(headline_val(summaries))
-        better = better_on_val((new_dice, new_spec), (old_dice, old_spec))
+        new_fs = figshare_val_dice(summaries)
+        better = better_on_val((new_dice, new_spec, new_fs), (old_dice, old_spec, old_fs))
         replaces = {"file": old.name, "sha256": None, "val_dice": old_dice, "new_val_dice": new_dice,
-                    "val_specificity": old_spec, "new_val_specificity": new_spec, "better_on_val": better}
+                    "val_specificity": old_spec, "new_val_specificity": new_spec,
+                    "figshare_val_dice": old_fs, "new_figshare_val_dice": new_fs, "better_on_val": better}
         try:
             replaces["sha256"] = json.loads(card_path(old).read_text())["files"][0]["sha256"]
         except (OSError, ValueError, KeyError, IndexError):
             pass
         if not better:
             log(f"warning: the new release is not better on val than {old.name} "
-                f"(val Dice {_fmt(new_dice)} vs {_fmt(old_dice)}, specificity {_fmt(new_spec)} vs {_fmt(old_spec)}); "
+                f"(val Dice {_fmt(new_dice)} vs {_fmt(old_dice)}, specificity {_fmt(new_spec)} vs {_fmt(old_spec)}, "
+                f"Figshare val Dice {_fmt(new_fs)} vs {_fmt(old_fs)}); "
                 f"replacing it as asked")
     rel_name = name or (source.name if source is not None else f"{cfg.NAME}-{cfg.BACKBONE}".lower())
     if not re.fullmatch(r"[a-z0-9_.]+(-[a-z0-9_.]+)*", rel_name):
