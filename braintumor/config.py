@@ -61,6 +61,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
                     "copies of these slices (hard negatives with their own WEIGHT); empty = --data's train split (+ the "
                     "TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
+    "COPY_PASTE": ({}, "copy-paste augmentation {P, SOURCES}: a tumor of a SOURCES image pasted into a training "
+                       "image with probability P (see braintumor.copy_paste); empty = none"),
     # --- optimisation --------------------------------------------------------
     "LEARNING_RATE": (0.001, "SGD learning rate"),
     "LEARNING_MOMENTUM": (0.9, "SGD momentum"),
@@ -345,6 +347,8 @@ class Config:
             raise ConfigError("TUMOR_FREE_DIRS must be a list of folders")
         if not isinstance(self.AUGMENTATION, dict):
             raise ConfigError("AUGMENTATION must be a table of settings")
+        if not isinstance(self.COPY_PASTE, dict):
+            raise ConfigError("COPY_PASTE must be a table of settings (see braintumor.copy_paste)")
         total = 0
         for i, stage in enumerate(self.SCHEDULE):
             if not isinstance(stage, dict) or not {"epochs", "layers"} <= set(stage) or set(stage) - {"epochs", "layers", "learning_rate"}:

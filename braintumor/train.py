@@ -509,6 +509,7 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
     import keras
 
     from braintumor.augment import build_augmentation
+    from braintumor.copy_paste import build_copy_paste
     from braintumor.mrcnn import MaskRCNN
 
     keras.utils.set_random_seed(config.SEED)
@@ -536,6 +537,9 @@ def run_training(config: Config, data_dir: Path, logs: Path, verbose: int = 1, c
         write_data_summary(run_dir / "data.json", train, val, held, data_dir)
     print(f"run folder: {run_dir}", flush=True)
     augmentation = build_augmentation(config.AUGMENTATION, seed=config.SEED) if config.AUGMENTATION else None
+    augmentation = build_copy_paste(config.COPY_PASTE, train, augmentation)
+    if augmentation is not None:
+        print(f"augmentation: {augmentation!r}", flush=True)
     plan = stage_plan(config, model.epoch, stop_after)
     if not plan:
         print(f"nothing to do: the run is already at epoch {model.epoch} of "

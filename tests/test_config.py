@@ -36,8 +36,13 @@ def test_shipped_preset_keeps_the_thesis_shape_and_trains_from_scratch():
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS_DIR.glob("*.toml")))
 def test_every_preset_loads(preset):
+    from braintumor.augment import build_augmentation
+    from braintumor.copy_paste import validate
+
     c = Config.from_toml(PRESETS_DIR / preset)
     assert c.BATCH_SIZE == c.IMAGES_PER_GPU * c.GPU_COUNT
+    build_augmentation(c.AUGMENTATION)
+    validate(c.COPY_PASTE, [s["NAME"] for s in c.SOURCES] if c.SOURCES else None)
 
 
 def test_quick_preset_is_small():

@@ -175,7 +175,11 @@ def load_image_gt(dataset, config, image_id, augmenter=None, rng=None, train=Tru
     masks = np.asarray(masks, bool).reshape(image.shape[0], image.shape[1], -1)
     class_ids = np.asarray(class_ids, np.int32).reshape(-1)
     if augmenter is not None:
-        image, masks, class_ids = augmenter(image, masks, class_ids, rng=rng)
+        infos = getattr(dataset, "image_info", None)
+        if getattr(augmenter, "takes_image_info", False) and infos is not None:  # e.g. copy_paste.CopyPaste
+            image, masks, class_ids = augmenter(image, masks, class_ids, rng=rng, image_info=infos[image_id])
+        else:
+            image, masks, class_ids = augmenter(image, masks, class_ids, rng=rng)
         masks = np.asarray(masks, bool).reshape(image.shape[0], image.shape[1], -1)
         class_ids = np.asarray(class_ids, np.int32).reshape(-1)
     if class_ids.size and class_ids.max() >= config.NUM_CLASSES:
