@@ -19,6 +19,7 @@ from braintumor.errors import BrainTumorError
 _HANDLERS = {
     "data check": "braintumor.data:cli_check",
     "data export-coco": "braintumor.data:cli_export_coco",
+    "data preview": "braintumor.preview:cli_preview",
     "fetch-data": "braintumor.fetch:cli_fetch",
     "model-summary": "braintumor.mrcnn.summary:cli_summary",
     "train": "braintumor.train:cli_train",
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="dataset folder")
     exp.add_argument("--split", required=True, help="split name (train, val, test)")
     exp.add_argument("--out", required=True, help="output JSON file")
+    pre = dsub.add_parser("preview", help="draw training samples as a preset's run sees them (augmented, copy-paste "
+                                          "included) with their outlines, as one PNG")
+    pre.add_argument("--config", default="mrcnn_config/resnet101.toml", help="preset TOML file or name")
+    pre.add_argument("--data", help="dataset folder (the thesis data; the other SOURCES beside it)")
+    pre.add_argument("--source", action="append", default=None, metavar="NAME=DIR",
+                     help="folder of one of the preset's SOURCES (default: DIR or NAME beside the --data folder)")
+    pre.add_argument("--n", type=int, default=16, help="samples to draw (default 16)")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the draw and the augmentation (default 0)")
+    pre.add_argument("--out", required=True, help="output PNG file")
 
     fetch = sub.add_parser("fetch-data", help="download a dataset: brain_tumor_data (GitHub) or figshare (3064 slices)")
     fetch.add_argument("--dest", default="data", help="folder to put the dataset folder in (default: data)")

@@ -604,6 +604,21 @@ def stop_signals_save():
             signal.signal(s, h)
 
 
+def source_overrides(pairs: list[str] | None, config: Config) -> dict[str, str]:
+    """``--source NAME=DIR`` arguments as ``{NAME: DIR}``; one-line errors for a malformed pair or a name
+    that is not one of the preset's SOURCES."""
+    overrides = {}
+    for pair in pairs or []:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise BrainTumorError(f"--source needs NAME=DIR, got {pair!r}")
+        if name not in [s["NAME"] for s in config.SOURCES]:
+            raise BrainTumorError(f"--source {name}: the preset has no such source "
+                                  f"(its SOURCES: {', '.join(s['NAME'] for s in config.SOURCES) or 'none'})")
+        overrides[name] = folder
+    return overrides
+
+
 def cli_train(args) -> int:
     stop_after = getattr(args, "stop_after", None)
     if stop_after is not None and stop_after < 1:
@@ -612,15 +627,7 @@ def cli_train(args) -> int:
     data_dir = resolve_data_dir(args.data)
     if not data_dir.is_dir():
         raise BrainTumorError(f"{data_dir}: dataset folder not found (run: braintumor fetch-data, or pass --data)")
-    overrides = {}
-    for pair in getattr(args, "source", None) or []:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise BrainTumorError(f"--source needs NAME=DIR, got {pair!r}")
-        if name not in [s["NAME"] for s in config.SOURCES]:
-            raise BrainTumorError(f"--source {name}: the preset has no such source "
-                                  f"(its SOURCES: {', '.join(s['NAME'] for s in config.SOURCES) or 'none'})")
-        overrides[name] = folder
+    overrides = source_overrides(getattr(args, "source", None), config)
     with stop_signals_save():
         run_training(config, data_dir, Path(args.logs), source_overrides=overrides,
                      stop_after=stop_after)
