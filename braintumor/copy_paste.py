@@ -110,6 +110,8 @@ def paste(image: np.ndarray, masks: np.ndarray, class_ids: np.ndarray, donor_ima
         return None
     soft = _gaussian(tumor, FEATHER_PX)
     alpha = np.where(soft > 0.01, np.clip(soft, 0.0, 1.0), 0.0)
+    if not (alpha >= 0.5).any():  # a tumor of a few pixels blurs away: nothing to outline
+        return None
     on_head = np.argwhere(head_r)
     for _ in range(TRIES):
         cy, cx = on_head[rng.integers(len(on_head))]
@@ -133,9 +135,10 @@ def paste(image: np.ndarray, masks: np.ndarray, class_ids: np.ndarray, donor_ima
 
 
 class CopyPaste:
-    """Callable ``(image, masks, class_ids, rng, image_info) -> (image, masks, class_ids)`` (the signature
-    of :class:`braintumor.augment.Augmenter` and ``image_info``, the dataset's record): an image of one of ``receivers`` (``image_info["source"]``,
-    a :func:`braintumor.train.combine_sources` tag; every image when empty) gets, with probability ``p``,
+    """Callable ``(image, masks, class_ids, rng, image_info) -> (image, masks, class_ids)``: the signature
+    of :class:`braintumor.augment.Augmenter` and ``image_info``, the dataset's record of the image. An
+    image of one of ``receivers`` (``image_info["source"]``, a :func:`braintumor.train.combine_sources`
+    tag; every image when empty) gets, with probability ``p``,
     one tumor of a donor image of ``dataset`` (an image of one of ``sources``; every annotated image
     when empty) pasted in (:func:`paste`); then ``then`` (an augmenter) runs.
 

@@ -70,10 +70,14 @@ def test_the_pasted_tumor_hides_what_it_covers_of_the_receivers_own_tumors():
     assert masks.shape[2] == 1 and np.array_equal(masks[:, :, 0], where[:, :, 0]), "a tumor hidden entirely is dropped"
 
 
-def test_no_placement_on_the_head_leaves_the_sample_as_it_is():
+def test_no_placement_on_the_head_or_a_tumor_too_small_to_outline_leaves_the_sample_as_it_is():
     d_img, d_mask = _donor()
     black = np.zeros((128, 128, 3), np.uint8)
     assert paste(black, np.zeros((128, 128, 0), bool), np.zeros(0, np.int32), d_img, d_mask, 1,
+                 np.random.default_rng(0)) is None
+    speck = np.zeros_like(d_mask)
+    speck[100, 120] = True  # one pixel, halved by the scale: its feathered edge never reaches 0.5
+    assert paste(_head(128, 50, 100), np.zeros((128, 128, 0), bool), np.zeros(0, np.int32), d_img, speck, 1,
                  np.random.default_rng(0)) is None
 
 
