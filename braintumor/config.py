@@ -61,8 +61,8 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
                     "copies of these slices (hard negatives with their own WEIGHT); empty = --data's train split (+ the "
                     "TUMOR_FREE_DIRS mix)"),
     "AUGMENTATION": ({}, "albumentations settings (see braintumor.augment); empty = none"),
-    "COPY_PASTE": ({}, "copy-paste augmentation {P, SOURCES}: a tumor of a SOURCES image pasted into a training "
-                       "image with probability P (see braintumor.copy_paste); empty = none"),
+    "COPY_PASTE": ({}, "copy-paste augmentation {P, SOURCES, RECEIVERS}: a tumor of a SOURCES image pasted into a "
+                       "RECEIVERS image with probability P (see braintumor.copy_paste); empty = none"),
     # --- optimisation --------------------------------------------------------
     "LEARNING_RATE": (0.001, "SGD learning rate"),
     "LEARNING_MOMENTUM": (0.9, "SGD momentum"),
