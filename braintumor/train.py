@@ -252,6 +252,8 @@ def _keras_callbacks(run_dir: Path, model, config: Config, val_dataset, started:
             for k in LOSS_NAMES:
                 row[k] = logs.get(k)
                 row[f"val_{k}"] = logs.get(f"val_{k}")
+            row["grad_norm"] = logs.get("grad_norm")  # before the clip (epoch mean)
+            row["clipped"] = logs.get("clipped")  # share of the epoch's steps the clip shortened
             row["learning_rate"] = _current_lr(model)
             row["epoch_seconds"] = round(time.time() - self.t0, 1)
             row["wall_seconds"] = round(time.time() - started, 1)

@@ -350,3 +350,32 @@ def test_detect_applies_the_secondary_confidence_bar(tmp_path):
     best = int(np.argmax(many["scores"]))
     assert one["scores"].tolist() == [many["scores"][best]] and one["masks"].shape[2] == 1
     np.testing.assert_array_equal(one["rois"][0], many["rois"][best])
+
+
+@pytest.mark.slow
+def test_train_step_logs_the_gradient_norm_before_the_clip_and_the_clipped_share(tmp_path):
+    """``grad_norm`` is the norm the optimizer clips: a first SGD step (no momentum yet) moves the weights by
+    exactly lr x min(norm, clip); ``clipped`` says whether the clip bit; validation logs neither."""
+    cfg = tiny_config(GRADIENT_CLIP_NORM=0.05, WEIGHT_DECAY=0.0)
+    m = MaskRCNN("training", cfg, tmp_path)
+    km = m.keras_model
+    m.set_trainable("all")
+    x = _batch(blob_dataset(2), cfg, [0])
+
+    def step_norm():
+        before = [np.array(v) for v in km.trainable_variables]
+        logs = km.train_on_batch(x, return_dict=True)
+        moved = np.sqrt(sum(np.sum((np.array(v, np.float64) - b) ** 2) for v, b in zip(km.trainable_variables, before)))
+        return logs, moved
+
+    m.compile(0.01)
+    logs, moved = step_norm()
+    assert logs["grad_norm"] > 0.05 and logs["clipped"] == 1.0
+    assert moved == pytest.approx(0.01 * 0.05, rel=0.02)  # the clip bit: the step is lr x clip
+    m.config = cfg.replace(GRADIENT_CLIP_NORM=1e6)
+    m.compile(0.01)  # a new optimizer: no momentum
+    logs, moved = step_norm()
+    assert logs["clipped"] == 0.0
+    assert moved == pytest.approx(0.01 * logs["grad_norm"], rel=0.02)  # unclipped: lr x the logged norm
+    val = km.test_on_batch(x, return_dict=True)
+    assert "grad_norm" not in val and "clipped" not in val and np.isfinite(val["loss"])

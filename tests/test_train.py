@@ -172,8 +172,10 @@ def test_run_writes_checkpoints_history_and_curves_then_resumes(tiny_preset, tin
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     rows = read_history(run / "history.csv")
     assert [r["epoch"] for r in rows] == ["1"]
-    for key in ("loss", "rpn_class_loss", "mrcnn_mask_loss", "val_loss", "val_mrcnn_mask_loss"):
+    for key in ("loss", "rpn_class_loss", "mrcnn_mask_loss", "val_loss", "val_mrcnn_mask_loss", "grad_norm"):
         assert np.isfinite(float(rows[0][key])), key
+    assert float(rows[0]["grad_norm"]) > 0 and 0.0 <= float(rows[0]["clipped"]) <= 1.0
+    assert "val_grad_norm" not in rows[0] and "val_clipped" not in rows[0]
     assert not list(run.glob("*.tmp"))
 
     # resume: the epoch count continues in the same run folder

@@ -138,14 +138,21 @@ class MaskRCNNTrainModel(keras.Model):
     Loss = sum of ``LOSS_WEIGHTS[name] * loss`` over the five losses, plus
     ``WEIGHT_DECAY / 2 * sum(kernel²)`` over trainable conv/dense kernels
     (logged as ``l2_loss``). Gradients are clipped by the optimizer
-    (``global_clipnorm``). Metrics: ``loss`` and each loss name (epoch means).
+    (``global_clipnorm``). Metrics: ``loss`` and each loss name (epoch means); in training
+    also ``grad_norm``, the global norm of the gradient before the clip, and ``clipped``, the
+    share of steps the clip shortened (0 without a clip): a step is taken at
+    ``min(1, GRADIENT_CLIP_NORM / grad_norm)`` of the learning rate (under ``tf.distribute``: each
+    replica's gradient of its share of the loss).
     """
+
+    TRAIN_ONLY = ("grad_norm", "clipped")
 
     def __init__(self, inputs, outputs, loss_weights=None, weight_decay=0.0, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.loss_weights = dict(loss_weights or {n: 1.0 for n in L.LOSS_NAMES})
         self.weight_decay = float(weight_decay)
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss",) + L.LOSS_NAMES + ("l2_loss",)}
+        self._trackers = {n: keras.metrics.Mean(name=n)
+                          for n in ("loss",) + L.LOSS_NAMES + ("l2_loss",) + self.TRAIN_ONLY}
 
     @property
     def metrics(self):
@@ -176,12 +183,18 @@ class MaskRCNNTrainModel(keras.Model):
             total = total + float(self.loss_weights.get(n, 1.0)) * parts[n]
         return total
 
-    def _update(self, parts, l2, total):
+    def _update(self, parts, l2, total, grad_norm=None):
         for n, v in parts.items():
             self._trackers[n].update_state(v)
         self._trackers["l2_loss"].update_state(l2)
         self._trackers["loss"].update_state(total)
-        return {n: t.result() for n, t in self._trackers.items()}
+        if grad_norm is not None:
+            self._trackers["grad_norm"].update_state(grad_norm)
+            clip = getattr(self.optimizer, "global_clipnorm", None)
+            self._trackers["clipped"].update_state(
+                ops.cast(grad_norm > clip, "float32") if clip else ops.convert_to_tensor(0.0))
+            return {n: t.result() for n, t in self._trackers.items()}
+        return {n: t.result() for n, t in self._trackers.items() if n not in self.TRAIN_ONLY}
 
     @staticmethod
     def _unpack(data):
@@ -200,8 +213,9 @@ class MaskRCNNTrainModel(keras.Model):
             scaled = total / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
+        grad_norm = tf.linalg.global_norm([g for g in grads if g is not None])
         self.optimizer.apply(grads, variables)
-        return self._update(parts, l2, total)
+        return self._update(parts, l2, total, grad_norm)
 
     def test_step(self, data):
         x = self._unpack(data)
