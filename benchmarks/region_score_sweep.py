@@ -24,7 +24,8 @@ its own, ``--image-score``); ``--mask-threshold 0.4`` outlines it as the release
         --region-score logs/region_score/X.h5 --mask-threshold 0.4 [--image-score HEAD.json]
 
 ``--region-score`` given more than once sweeps the scorers together: each region's probability is the
-geometric mean of theirs (the first one's crop settings and floor; a measurement, ``detect()`` embeds one scorer).
+geometric mean of theirs (each on its own crops; the first one's floor), as ``detect()`` reads a
+``braintumor.region_score.RegionScoreSet`` (evaluate/export ``--region-score`` repeated).
 """
 from __future__ import annotations
 
@@ -184,10 +185,11 @@ def region_probabilities(rows: list, region_score, config) -> list:
 
 def mean_probabilities(per_scorer: list) -> list:
     """The geometric mean, region by region, of several scorers' probabilities (``[scorer][image][D]``)."""
+    from braintumor.region_score import mean_probability
+
     if len(per_scorer) == 1:
         return per_scorer[0]
-    return [np.exp(np.mean([np.log(np.maximum(p[i], 1e-12)) for p in per_scorer], axis=0)).astype(np.float32)
-            for i in range(len(per_scorer[0]))]
+    return [mean_probability([p[i] for p in per_scorer]) for i in range(len(per_scorer[0]))]
 
 
 def rescored(rec, region: np.ndarray, rs, secondary: float):

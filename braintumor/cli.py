@@ -43,7 +43,9 @@ PRECISION_HELP = ("auto, float32 or mixed_bfloat16: a released model computes in
 
 def _region_options(parser, what: str) -> None:
     """``--region-score`` and ``--region-weight`` (:mod:`braintumor.region_score`); ``what`` the scorer does there."""
-    parser.add_argument("--region-score", metavar="FILE.h5", help=f"region scorer of braintumor fit-region-score: {what}")
+    parser.add_argument("--region-score", metavar="FILE.h5", action="append",
+                        help=f"region scorer of braintumor fit-region-score: {what}; repeated: the scorers read as "
+                             f"one (the geometric mean of their P(tumor); the first one's weight and floor)")
     parser.add_argument("--region-weight", type=float, metavar="W",
                         help="with a region scorer: combined = detector^(1-W) x region^W (default: the scorer's own)")
 

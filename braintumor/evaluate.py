@@ -837,7 +837,9 @@ def cli_evaluate(args) -> int:
         results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"
     if getattr(predictor, "region_score", None) is not None:
         rs = predictor.region_score
-        results["region_score"] = {"from": str(args.region_score) if getattr(args, "region_score", None) else "the release",
+        given = getattr(args, "region_score", None)
+        given = [given] if isinstance(given, (str, Path)) else list(given or [])
+        results["region_score"] = {"from": ", ".join(str(p) for p in given) if given else "the release",
                                    "weight": rs.weight, "detector_floor": rs.detector_floor}
     if source_size is not None:
         results["dataset"]["source_size"] = int(source_size)

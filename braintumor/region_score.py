@@ -22,6 +22,12 @@ File: HDF5, attributes ``braintumor_region_score`` (format version: 1 for one co
 ``widths``, ``weight``, ``detector_floor``; datasets ``weights/NNN`` (the Keras model's weights
 in order, float32) and ``fit.json`` (how it was fitted). Fitted by ``braintumor fit-region-score``
 (:mod:`braintumor.fit_region_score`).
+
+Several scorers read as one (:class:`RegionScoreSet`; ``--region-score`` given more than once): each reads
+its own crops, and a region's probability is the geometric mean of theirs (:func:`mean_probability`), then
+combined with the detector's score as one scorer's. In a file (or a release's head): attributes
+``braintumor_region_score_set`` (format 1), ``weight``, ``detector_floor``; one group per member,
+``member_000``, ``member_001``, ... (each written as a scorer of its own).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ WIDTHS = (16, 32, 64, 128)  # channels of the four conv blocks
 WEIGHT = 0.5       # combined = detector ** (1 - WEIGHT) * region ** WEIGHT: the geometric mean
 DETECTOR_FLOOR = 0.05  # the detection layer's floor when regions are re-scored
 POSITIVE_IOU, NEGATIVE_IOU = 0.5, 0.3  # training labels: a region's box IoU with a tumor's box
+SET_FORMAT_VERSION = 1  # a set of scorers (RegionScoreSet)
+PROBABILITY_FLOOR = 1e-12  # the geometric mean's floor: a member's 0 does not make log(0)
 
 
 def to_molded_frame(rois: np.ndarray, info) -> np.ndarray:
@@ -142,8 +150,71 @@ def build_scorer(size: int = SIZE, widths=WIDTHS, channels: int = 1):
         return keras.Model([crop, geom], out, name="region_score")
 
 
+def mean_probability(probabilities: list) -> np.ndarray:
+    """``[K]`` float32: the geometric mean, region by region, of several scorers' P(tumor) (each ``[K]``);
+    one scorer's are returned as they are."""
+    if len(probabilities) == 1:
+        return np.asarray(probabilities[0], np.float32)
+    logs = [np.log(np.maximum(np.asarray(p, np.float64), PROBABILITY_FLOOR)) for p in probabilities]
+    return np.exp(np.mean(logs, axis=0)).astype(np.float32)
+
+
+class _Rescoring:
+    """How a region's P(tumor) (``score_regions``) joins the detector's score: shared by one scorer and a set."""
+
+    weight: float
+    detector_floor: float
+
+    def score_regions(self, result: dict, molded: np.ndarray, info) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def combine(self, detector: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """``detector ** (1 - weight) * region ** weight``, elementwise, float32."""
+        a = float(self.weight)
+        d = np.clip(np.asarray(detector, np.float64), 0.0, 1.0)
+        r = np.clip(np.asarray(region, np.float64), 0.0, 1.0)
+        return (d ** (1.0 - a) * r ** a).astype(np.float32)
+
+    def rescore(self, result: dict, image: np.ndarray, config, floor: float, secondary: float = 0.0) -> dict:
+        """``result`` of ``MaskRCNN.detect`` for ``image`` (regions down to :attr:`detector_floor`) with ``scores``
+        replaced by the combined score, regions below ``floor`` dropped, then the best plus those >= ``secondary``
+        kept; adds ``detector_scores`` and ``region_scores`` ``[N]`` float32 of the regions kept, and the order
+        is by combined score, highest first."""
+        from braintumor.mrcnn.inputs import mold_inputs
+
+        det = np.asarray(result["scores"], np.float32)
+        if len(det):
+            molded, _, infos = mold_inputs([image], config)
+            region = self.score_regions(result, molded, infos[0])
+        else:
+            region = np.zeros(0, np.float32)
+        combined = self.combine(det, region)
+        order = kept_order(combined, floor, secondary)
+        return {**result, "rois": np.asarray(result["rois"])[order], "class_ids": np.asarray(result["class_ids"])[order],
+                "scores": combined[order], "masks": np.asarray(result["masks"])[:, :, order],
+                "detector_scores": det[order], "region_scores": region[order]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``path`` atomically (a temporary file, then renamed)."""
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                self.to_h5(f)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def to_h5(self, group) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 @dataclass
-class RegionScore:
+class RegionScore(_Rescoring):
     """A fitted region scorer (module docstring) and how its score combines with the detector's."""
 
     model: Any                       # keras.Model of build_scorer(size, widths, len(contexts))
@@ -180,37 +251,17 @@ class RegionScore:
             self._fn = tf.function(lambda c, g: model([c, g], training=False), input_signature=spec)
         return np.asarray(self._fn(np.asarray(crops, np.float32), np.asarray(geometry, np.float32)))[:, 0]
 
-    def combine(self, detector: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """``detector ** (1 - weight) * region ** weight``, elementwise, float32."""
-        a = float(self.weight)
-        d = np.clip(np.asarray(detector, np.float64), 0.0, 1.0)
-        r = np.clip(np.asarray(region, np.float64), 0.0, 1.0)
-        return (d ** (1.0 - a) * r ** a).astype(np.float32)
-
     def score_regions(self, result: dict, molded: np.ndarray, info) -> np.ndarray:
         """``[N]`` P(tumor) of each region of ``result`` (``detect()``'s dict, ``rois`` in original pixels) of the
         image molded as ``molded [1, h, w, 3]`` with ``info``."""
         crops, geometry = region_crops(molded, to_molded_frame(result["rois"], info), self.size, self.context)
         return self.probability(crops, geometry)
 
-    def rescore(self, result: dict, image: np.ndarray, config, floor: float, secondary: float = 0.0) -> dict:
-        """``result`` of ``MaskRCNN.detect`` for ``image`` (regions down to :attr:`detector_floor`) with ``scores``
-        replaced by the combined score, regions below ``floor`` dropped, then the best plus those >= ``secondary``
-        kept; adds ``detector_scores`` and ``region_scores`` ``[N]`` float32 of the regions kept, and the order
-        is by combined score, highest first."""
-        from braintumor.mrcnn.inputs import mold_inputs
-
-        det = np.asarray(result["scores"], np.float32)
-        if len(det):
-            molded, _, infos = mold_inputs([image], config)
-            region = self.score_regions(result, molded, infos[0])
-        else:
-            region = np.zeros(0, np.float32)
-        combined = self.combine(det, region)
-        order = kept_order(combined, floor, secondary)
-        return {**result, "rois": np.asarray(result["rois"])[order], "class_ids": np.asarray(result["class_ids"])[order],
-                "scores": combined[order], "masks": np.asarray(result["masks"])[:, :, order],
-                "detector_scores": det[order], "region_scores": region[order]}
+    def card_entry(self) -> dict[str, Any]:
+        """What a release's card says of this scorer (:func:`braintumor.release.card.build_card`)."""
+        return {"weight": self.weight, "detector_floor": self.detector_floor, "crop_px": self.size,
+                "context": self.context,  # a number, or a tuple (JSON list)
+                "widths": list(self.widths), "parameters": int(self.model.count_params()), "fit": self.fit}
 
     # ------------------------------------------------------------------ files
     def to_h5(self, group) -> None:
@@ -226,23 +277,57 @@ class RegionScore:
             w.create_dataset(f"{i:03d}", data=np.asarray(v, np.float32))
         group.create_dataset("fit.json", data=np.frombuffer(json.dumps(self.fit).encode("utf-8"), np.uint8))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write to ``path`` atomically (a temporary file, then renamed)."""
-        import h5py
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w") as f:
-                self.to_h5(f)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
     def with_weight(self, weight: float) -> "RegionScore":
         return replace(self, weight=float(weight), _fn=self._fn)
+
+
+@dataclass
+class RegionScoreSet(_Rescoring):
+    """Several fitted scorers read as one (module docstring): each member reads its own crops; a region's P(tumor)
+    is the geometric mean of the members' (:func:`mean_probability`). ``weight`` and ``detector_floor`` are the
+    set's (by default the first member's); the members' own are not used."""
+
+    members: tuple
+    weight: float | None = None
+    detector_floor: float | None = None
+
+    def __post_init__(self) -> None:
+        self.members = tuple(self.members)
+        if len(self.members) < 2 or not all(isinstance(m, RegionScore) for m in self.members):
+            raise BrainTumorError(f"region score set: needs two or more scorers, got {len(self.members)}")
+        self.weight = float(self.members[0].weight if self.weight is None else self.weight)
+        self.detector_floor = float(self.members[0].detector_floor if self.detector_floor is None else self.detector_floor)
+        if not 0.0 <= self.weight <= 1.0:
+            raise BrainTumorError(f"region score set: weight must be in [0, 1], got {self.weight}")
+        if not 0.0 < self.detector_floor < 1.0:
+            raise BrainTumorError(f"region score set: detector_floor must be in (0, 1), got {self.detector_floor}")
+
+    @property
+    def fit(self) -> dict[str, Any]:
+        return {"members": [m.fit for m in self.members]}
+
+    def score_regions(self, result: dict, molded: np.ndarray, info) -> np.ndarray:
+        """``[N]``: the geometric mean of the members' :meth:`RegionScore.score_regions`."""
+        return mean_probability([m.score_regions(result, molded, info) for m in self.members])
+
+    def card_entry(self) -> dict[str, Any]:
+        members = []
+        for m in self.members:
+            e = m.card_entry()
+            del e["weight"], e["detector_floor"]  # the set's count
+            members.append(e)
+        return {"weight": self.weight, "detector_floor": self.detector_floor, "members": members,
+                "parameters": sum(e["parameters"] for e in members)}
+
+    def to_h5(self, group) -> None:
+        """Write into an open h5py group: the set's attributes, one group per member."""
+        group.attrs["braintumor_region_score_set"] = SET_FORMAT_VERSION
+        group.attrs["weight"], group.attrs["detector_floor"] = float(self.weight), float(self.detector_floor)
+        for i, m in enumerate(self.members):
+            m.to_h5(group.create_group(f"member_{i:03d}"))
+
+    def with_weight(self, weight: float) -> "RegionScoreSet":
+        return replace(self, weight=float(weight))
 
 
 def kept_order(scores: np.ndarray, floor: float, secondary: float = 0.0) -> np.ndarray:
@@ -258,10 +343,16 @@ def kept_order(scores: np.ndarray, floor: float, secondary: float = 0.0) -> np.n
     return order
 
 
-def chosen(path=None, weight: float | None = None, fallback: "RegionScore | None" = None) -> "RegionScore | None":
+def chosen(path=None, weight: float | None = None, fallback=None):
     """The scorer of ``--region-score path`` (else ``fallback``, e.g. a release's own) with ``--region-weight``
-    applied; None without either. A weight without a scorer is a one-line error."""
-    scorer = load_region_score(path) if path else fallback
+    applied; None without either. ``path``: one file, or a list of them (``--region-score`` repeated: one
+    file is that scorer, several a :class:`RegionScoreSet` with the first one's weight and floor). A weight
+    without a scorer is a one-line error."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    if len(paths) > 1:
+        scorer = RegionScoreSet(tuple(load_region_score(p) for p in paths))
+    else:
+        scorer = load_region_score(paths[0]) if paths else fallback
     if weight is not None:
         if scorer is None:
             raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
@@ -270,15 +361,31 @@ def chosen(path=None, weight: float | None = None, fallback: "RegionScore | None
 
 
 def command_options(path=None, weight: float | None = None) -> str:
-    """`` --region-score PATH [--region-weight W]`` for a recorded command ('' without a scorer file)."""
-    if not path:
+    """`` --region-score PATH [--region-score PATH2 ...] [--region-weight W]`` for a recorded command ('' without
+    a scorer file); ``path`` one file or a list, as :func:`chosen` takes it."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    if not paths:
         return ""
-    return f" --region-score {path}" + (f" --region-weight {weight:g}" if weight is not None else "")
+    return "".join(f" --region-score {p}" for p in paths) + (f" --region-weight {weight:g}" if weight is not None else "")
 
 
-def from_h5(group, where: str) -> RegionScore:
-    """A :class:`RegionScore` from an h5py group written by :meth:`RegionScore.to_h5`; one-line errors naming
-    ``where``."""
+def from_h5(group, where: str) -> "RegionScore | RegionScoreSet":
+    """A :class:`RegionScore` (or :class:`RegionScoreSet`) from an h5py group written by its ``to_h5``; one-line
+    errors naming ``where``."""
+    if "braintumor_region_score_set" in group.attrs:
+        try:
+            version = int(group.attrs["braintumor_region_score_set"])
+            if version > SET_FORMAT_VERSION:
+                raise ValueError(f"set format {version} is newer than this code reads ({SET_FORMAT_VERSION})")
+            names = sorted(k for k in group if k.startswith("member_"))
+            weight, floor = float(group.attrs["weight"]), float(group.attrs["detector_floor"])
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise BrainTumorError(f"{where}: not a region-score set ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        members = [from_h5(group[k], f"{where}/{k}") for k in names]
+        try:
+            return RegionScoreSet(tuple(members), weight=weight, detector_floor=floor)
+        except BrainTumorError as e:
+            raise BrainTumorError(f"{where}: {e}") from None
     try:
         version = int(group.attrs["braintumor_region_score"])
         if version > FORMAT_VERSION:
@@ -302,8 +409,9 @@ def from_h5(group, where: str) -> RegionScore:
         raise BrainTumorError(f"{where}: not a region-score model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def load_region_score(path: str | os.PathLike) -> RegionScore:
-    """The scorer in a file of ``braintumor fit-region-score``; one-line errors naming the file."""
+def load_region_score(path: str | os.PathLike) -> "RegionScore | RegionScoreSet":
+    """The scorer (or set of them) in a file of ``braintumor fit-region-score`` or :meth:`RegionScoreSet.save`;
+    one-line errors naming the file."""
     import h5py
 
     path = Path(path)

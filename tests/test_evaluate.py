@@ -589,3 +589,21 @@ def test_images_the_head_flags_are_outlined_down_to_the_flagged_floor():
                      ({"flagged_min_confidence": None}, WithFeatures(predictor.predictions)),
                      ({"flagged_min_confidence": 0.15}, FakePredictor(predictor.predictions))):
         check_numbers(E.evaluate_dataset(pred, split, 0.5, tumor_free_dataset=free, progress=False, **kw))
+
+
+def test_cli_evaluate_reads_repeated_region_scores_as_one_set(fake_stack, tmp_path):
+    from braintumor.cli import main
+    from braintumor.region_score import RegionScore, RegionScoreSet, build_scorer
+
+    tmp, run, _ = fake_stack
+    paths = [str(RegionScore(build_scorer(16, (4, 8)), size=16, widths=(4, 8), weight=w).save(tmp_path / f"rs{k}.h5"))
+             for k, w in enumerate((0.3, 0.8))]
+    args = ["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--region-score", paths[0],
+            "--region-score", paths[1]]
+    assert main(args) == 0
+    predictor = sys.modules["braintumor.inference"].load_predictor("x")
+    assert isinstance(predictor.region_score, RegionScoreSet) and predictor.region_score.weight == 0.3
+    rs = json.loads((run / "eval_val" / "metrics.json").read_text())["region_score"]
+    assert rs["from"] == f"{paths[0]}, {paths[1]}" and rs["weight"] == 0.3
+    assert main(args + ["--region-weight", "0.5"]) == 0
+    assert json.loads((run / "eval_val" / "metrics.json").read_text())["region_score"]["weight"] == 0.5

@@ -243,3 +243,62 @@ def test_predictor_builds_the_network_with_the_scorer_floor_and_rescores(monkeyp
     # combined 0.095 and 0.54: the floor 0.4 (the config's) leaves the second region only
     np.testing.assert_allclose(out["scores"], [0.54], atol=1e-6)
     np.testing.assert_allclose(out["detector_scores"], [0.36], atol=1e-6)
+
+
+# ------------------------------------------------------------------ several scorers read as one
+def test_the_geometric_mean_of_probabilities_by_hand():
+    p = R.mean_probability([np.array([0.25, 0.9, 0.0], np.float32), np.array([0.64, 0.1, 0.5], np.float32)])
+    np.testing.assert_allclose(p[:2], [0.4, 0.3], atol=1e-6)          # sqrt(0.25 x 0.64), sqrt(0.9 x 0.1)
+    assert 0 < p[2] < 1e-5                                              # a member's 0 stays near 0, not NaN
+    one = np.array([0.3, 0.7], np.float32)
+    np.testing.assert_array_equal(R.mean_probability([one]), one)
+
+
+def test_a_set_scores_each_region_by_its_members_own_crops_then_combines(monkeypatch):
+    """Each member reads the crops of its own size (the members differ), the set's probability is their geometric
+    mean, and the combined score uses the set's weight, whatever the members' own."""
+    from braintumor.mrcnn.inputs import mold_inputs
+    from tests.mrcnn_testutil import blob_image, tiny_config
+
+    a = _scorer(0.3, detector_floor=0.05)
+    b = R.RegionScore(R.build_scorer(24, (4, 8), 2), size=24, context=(1.5, 3.0), widths=(4, 8), weight=0.9)
+    s = R.RegionScoreSet((a, b))
+    assert (s.weight, s.detector_floor) == (0.3, 0.05)                 # the first member's
+    image, _ = blob_image(48, 64, [(10, 10, 30, 40)])
+    molded, _, infos = mold_inputs([image], tiny_config())
+    res = _result([0.5, 0.7], 48, 64)
+    pa, pb = a.score_regions(res, molded, infos[0]), b.score_regions(res, molded, infos[0])
+    np.testing.assert_allclose(s.score_regions(res, molded, infos[0]), np.sqrt(pa * pb), rtol=1e-5)
+    monkeypatch.setattr(R.RegionScore, "score_regions", lambda self, r, m, i: np.array([0.16, 0.81], np.float32)
+                        if self is a else np.array([1.0, 0.81], np.float32))
+    out = s.with_weight(0.5).rescore(res, image, tiny_config(), floor=0.0)
+    np.testing.assert_allclose(out["region_scores"], [0.81, 0.4], atol=1e-6)     # sqrt(.81 x .81), sqrt(.16 x 1)
+    np.testing.assert_allclose(out["scores"], [np.sqrt(0.7 * 0.81), np.sqrt(0.5 * 0.4)], atol=1e-6)
+    with pytest.raises(BrainTumorError, match="two or more scorers"):
+        R.RegionScoreSet((a,))
+
+
+def test_a_set_round_trips_through_its_file_and_chosen_builds_it_from_repeated_paths(tmp_path):
+    a = _scorer(0.3, fit={"seed": 0})
+    b = _scorer(0.7, detector_floor=0.2, fit={"seed": 1})
+    pa, pb = a.save(tmp_path / "a.h5"), b.save(tmp_path / "b.h5")
+    s = R.chosen([str(pa), str(pb)], weight=0.4)
+    assert isinstance(s, R.RegionScoreSet) and (s.weight, s.detector_floor) == (0.4, 0.05)
+    assert s.fit == {"members": [{"seed": 0}, {"seed": 1}]}
+    again = R.load_region_score(s.save(tmp_path / "set.h5"))
+    assert isinstance(again, R.RegionScoreSet) and (again.weight, again.detector_floor) == (0.4, 0.05)
+    rng = np.random.default_rng(0)
+    crops, geometry = rng.normal(0, 50, (3, 16, 16, 1)).astype(np.float32), rng.uniform(-2, 1, (3, 4)).astype(np.float32)
+    for m, n in zip(again.members, (a, b)):
+        np.testing.assert_allclose(m.probability(crops, geometry), n.probability(crops, geometry), atol=1e-6)
+    entry = again.card_entry()
+    assert len(entry["members"]) == 2 and "weight" not in entry["members"][0]
+    assert entry["parameters"] == 2 * a.model.count_params()
+    assert isinstance(R.chosen([str(pa)]), R.RegionScore) and R.chosen(str(pa)).weight == 0.3
+    assert R.command_options([str(pa), str(pb)], 0.4) == f" --region-score {pa} --region-score {pb} --region-weight 0.4"
+    with h5py.File(tmp_path / "set.h5", "a") as f:                    # a member that is not a scorer
+        del f["member_001/weights"]
+    with pytest.raises(BrainTumorError, match="set.h5/member_001: not a region-score model"):
+        R.load_region_score(tmp_path / "set.h5")
+    with pytest.raises(BrainTumorError, match="missing.h5: region-score file not found"):
+        R.chosen([str(pa), str(tmp_path / "missing.h5")])

@@ -780,3 +780,39 @@ def test_release_embeds_a_region_scorer_that_detect_uses_and_carries_it_over(exp
     with pytest.raises(BrainTumorError) as e:
         R.export(exported["ckpt"], out=tmp_path / "other", region_score=str(tmp_path / "bad.h5"), log=lambda *a: None)
     assert str(e.value).startswith(str(tmp_path / "bad.h5")) and "\n" not in str(e.value)
+
+
+def test_release_embeds_two_scorers_read_as_one(exported, tmp_path):
+    """export --region-score A --region-score B: both in the head, read back as a set whose region score is the
+    geometric mean of the two; the card lists both; released again, the set stays."""
+    from braintumor import inference
+    from braintumor.mrcnn.inputs import mold_inputs
+    from braintumor.region_score import RegionScore, RegionScoreSet, build_scorer
+
+    a = RegionScore(build_scorer(16, (4, 8)), size=16, widths=(4, 8), weight=0.4, detector_floor=0.1,
+                    fit={"sets": {"thesis_train": {"images": 3}}})
+    b = RegionScore(build_scorer(24, (4, 8), 2), size=24, context=(1.5, 3.0), widths=(4, 8), weight=0.9,
+                    fit={"sets": {"figshare_train": {"images": 5}}})
+    paths = [str(a.save(tmp_path / "a.h5")), str(b.save(tmp_path / "b.h5"))]
+    card = R.export(exported["ckpt"], out=tmp_path / "models", region_score=paths, equivalence_images=0,
+                    log=lambda *a: None)
+    head = R.find_releases(tmp_path / "models")[0]
+    rs = card["region_score"]
+    assert (rs["weight"], rs["detector_floor"], len(rs["members"])) == (0.4, 0.1, 2)
+    assert rs["parameters"] == a.model.count_params() + b.model.count_params()
+    md = R.render_card_markdown(card)
+    assert "2 of them read as one" in md and "thesis_train 3" in md and "figshare_train 5" in md
+    got = R.open_release(head).region_score()
+    assert isinstance(got, RegionScoreSet) and got.weight == 0.4
+
+    pred = inference.load_predictor(head, precision="float32", min_confidence=0.05)
+    image, _ = blob_image(SIZE, SIZE, [(30, 30, 80, 90)])
+    r = pred.detect([image])[0]
+    assert len(r["scores"]) >= 1
+    molded, _, infos = mold_inputs([image], pred.model_config())
+    kept = {"rois": r["rois"]}
+    mean = np.sqrt(a.score_regions(kept, molded, infos[0]) * b.score_regions(kept, molded, infos[0]))
+    np.testing.assert_allclose(r["region_scores"], mean, rtol=1e-4)
+    np.testing.assert_allclose(r["scores"], r["detector_scores"] ** 0.6 * r["region_scores"] ** 0.4, rtol=1e-4)
+    again = R.export(head, out=head.parent, replace=True, region_weight=0.3, equivalence_images=0, log=lambda *a: None)
+    assert again["region_score"]["weight"] == 0.3 and len(again["region_score"]["members"]) == 2

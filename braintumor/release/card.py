@@ -208,12 +208,11 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "features": image_score.get("features"), "fit": image_score.get("fit"),
                          "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
                         if image_score else None),
-        "region_score": ({"weight": region_score.weight, "detector_floor": region_score.detector_floor,
-                          "crop_px": region_score.size, "context": region_score.context,  # a number, or a tuple (JSON list)
-                          "widths": list(region_score.widths),
-                          "parameters": int(region_score.model.count_params()), "fit": region_score.fit,
+        "region_score": ({**region_score.card_entry(),
                           "rule": "each region's score is detector^(1-weight) x region^weight, the region score "
-                                  "a small CNN's P(tumor) on the grey pixels around the region's box"}
+                                  "a small CNN's P(tumor) on the grey pixels around the region's box"
+                                  + (" (the geometric mean of the members' P(tumor), each on its own crops)"
+                                     if "members" in region_score.card_entry() else "")}
                          if region_score is not None else None),
         "intended_use": "research tool, not a medical device: every result must be reviewed by a qualified physician",
     }
@@ -329,12 +328,22 @@ def render_card_markdown(card: dict[str, Any]) -> str:
                   f"only green answer).", ""]
     rs = card.get("region_score") or {}
     if rs:
-        sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((rs.get("fit") or {}).get("sets") or {}).items())
-        lines += [f"Region scorer (`braintumor fit-region-score`): a CNN of {_fmt(rs.get('parameters'))} weights reads a "
-                  f"{_fmt(rs.get('crop_px'))} px grey crop around each region ({_contexts(rs.get('context'))} × its box) "
-                  f"and gives P(tumor); the score reported for a region is detector^{_fmt(1 - rs['weight'], 2)} × "
-                  f"region^{_fmt(rs['weight'], 2)} (regions from detector score {_fmt(rs.get('detector_floor'), 2)} "
-                  f"up); fitted on {sets or '—'} training images.", ""]
+        combined = (f"the score reported for a region is detector^{_fmt(1 - rs['weight'], 2)} × region^{_fmt(rs['weight'], 2)} "
+                    f"(regions from detector score {_fmt(rs.get('detector_floor'), 2)} up)")
+        if rs.get("members"):
+            parts = []
+            for m in rs["members"]:
+                sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((m.get("fit") or {}).get("sets") or {}).items())
+                parts.append(f"{_fmt(m.get('parameters'))} weights, {_fmt(m.get('crop_px'))} px crops at "
+                             f"{_contexts(m.get('context'))} × the box, fitted on {sets or '—'} training images")
+            lines += [f"Region scorer (`braintumor fit-region-score`, {len(parts)} of them read as one): small CNNs each "
+                      f"read a grey crop around each region and give P(tumor); a region's is the geometric mean of "
+                      f"theirs ({'; '.join(parts)}); {combined}.", ""]
+        else:
+            sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((rs.get("fit") or {}).get("sets") or {}).items())
+            lines += [f"Region scorer (`braintumor fit-region-score`): a CNN of {_fmt(rs.get('parameters'))} weights reads a "
+                      f"{_fmt(rs.get('crop_px'))} px grey crop around each region ({_contexts(rs.get('context'))} × its box) "
+                      f"and gives P(tumor); {combined}; fitted on {sets or '—'} training images.", ""]
     lines += calibration_lines(card)
     eq = card.get("equivalence") or {}
     if eq.get("checked"):

@@ -66,7 +66,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
            name: str | None = None, readme: str | None = None, force: bool = False,
            equivalence_images: int = EQUIVALENCE_IMAGES, image_score: str | os.PathLike | None = None,
            flagged_threshold: float | None = None, mask_threshold: float | None = None,
-           region_score: str | os.PathLike | None = None, region_weight: float | None = None,
+           region_score: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+           region_weight: float | None = None,
            log=print) -> dict[str, Any]:
     """Write a release from a float32 training checkpoint; returns the card (also written beside it).
 
@@ -83,7 +84,8 @@ def export(weights: str | os.PathLike, out: str | os.PathLike | None = None, met
     :class:`braintumor.image_score.ImageScore`, embedded in the release. flagged_threshold:
     ``DETECTION_FLAGGED_MIN_CONFIDENCE`` of the release (default the run's; 0 turns it off).
     mask_threshold: ``DETECTION_MASK_THRESHOLD`` of the release (default the run's). region_score: a
-    file of ``braintumor fit-region-score`` (:mod:`braintumor.region_score`), embedded in the release (a
+    file of ``braintumor fit-region-score`` (:mod:`braintumor.region_score`), or a list of them (read as one:
+    :class:`braintumor.region_score.RegionScoreSet`), embedded in the release (a
     release released again keeps its own unless another is given); the metrics given must then come from
     ``evaluate --region-score`` with it.
     """
