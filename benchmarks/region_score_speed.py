@@ -7,7 +7,8 @@ image is detected by both, alternating which goes first; the first pass over the
 tracing) and is not counted. Reports the median seconds an image of each and their ratio, and the regions
 the scorer read per image.
 
-    .venv/bin/python benchmarks/region_score_speed.py --region-score FILE.h5 [--images 30] [--precision float32]
+    .venv/bin/python benchmarks/region_score_speed.py --region-score FILE.h5 [--region-score FILE2.h5] [--images 30]
+        [--precision float32]
         [--detector-floor 0.01 --max-instances 100 --detection-nms 0.5]   # a larger pool for the scored one
 
 Run it alone: on 2 cores anything beside it moves the figures.
@@ -32,12 +33,13 @@ def main(argv=None) -> int:
 
     from braintumor.data import load_split
     from braintumor.inference import load_predictor
-    from braintumor.region_score import load_region_score
+    from braintumor.region_score import chosen
     from braintumor.release.files import default_release
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None, help="release (default: the one in models/)")
-    ap.add_argument("--region-score", default=None, help="scorer file (default: the release's own)")
+    ap.add_argument("--region-score", default=None, action="append",
+                    help="scorer file (default: the release's own); repeated: the scorers read as one (a set)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/brain_tumor_data"))
     ap.add_argument("--images", type=int, default=30, help="thesis val images (default 30)")
     ap.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "auto"])
@@ -49,13 +51,13 @@ def main(argv=None) -> int:
     weights = Path(args.weights) if args.weights else default_release()
     plain = load_predictor(str(weights), precision=args.precision)
     scored = load_predictor(str(weights), precision=args.precision)
-    scorer = load_region_score(args.region_score) if args.region_score else scored.region_score
+    scorer = chosen(args.region_score) if args.region_score else scored.region_score
     if scorer is None:
         raise SystemExit(f"{weights.name} has no region scorer: give --region-score")
     if args.detector_floor is not None:
         from dataclasses import replace
 
-        scorer = replace(scorer, detector_floor=float(args.detector_floor), _fn=None)
+        scorer = replace(scorer, detector_floor=float(args.detector_floor))
     plain.region_score, scored.region_score = None, scorer
     layer = S.layer_overrides(args.max_instances, args.detection_nms)
     if layer:
