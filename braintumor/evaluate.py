@@ -837,8 +837,9 @@ def cli_evaluate(args) -> int:
         results["image_score_from"] = str(args.image_score) if getattr(args, "image_score", None) else "the release"
     if getattr(predictor, "region_score", None) is not None:
         rs = predictor.region_score
-        given = getattr(args, "region_score", None)
-        given = [given] if isinstance(given, (str, Path)) else list(given or [])
+        from braintumor.region_score import scorer_paths
+
+        given = scorer_paths(getattr(args, "region_score", None))
         results["region_score"] = {"from": ", ".join(str(p) for p in given) if given else "the release",
                                    "weight": rs.weight, "detector_floor": rs.detector_floor}
     if source_size is not None:

@@ -343,12 +343,17 @@ def kept_order(scores: np.ndarray, floor: float, secondary: float = 0.0) -> np.n
     return order
 
 
+def scorer_paths(path) -> list:
+    """``--region-score``'s value as a list of files: None, one path, or a list of them (the option repeated)."""
+    return [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+
+
 def chosen(path=None, weight: float | None = None, fallback=None):
     """The scorer of ``--region-score path`` (else ``fallback``, e.g. a release's own) with ``--region-weight``
     applied; None without either. ``path``: one file, or a list of them (``--region-score`` repeated: one
     file is that scorer, several a :class:`RegionScoreSet` with the first one's weight and floor). A weight
     without a scorer is a one-line error."""
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    paths = scorer_paths(path)
     if len(paths) > 1:
         scorer = RegionScoreSet(tuple(load_region_score(p) for p in paths))
     else:
@@ -363,7 +368,7 @@ def chosen(path=None, weight: float | None = None, fallback=None):
 def command_options(path=None, weight: float | None = None) -> str:
     """`` --region-score PATH [--region-score PATH2 ...] [--region-weight W]`` for a recorded command ('' without
     a scorer file); ``path`` one file or a list, as :func:`chosen` takes it."""
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    paths = scorer_paths(path)
     if not paths:
         return ""
     return "".join(f" --region-score {p}" for p in paths) + (f" --region-weight {weight:g}" if weight is not None else "")

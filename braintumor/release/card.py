@@ -166,6 +166,15 @@ def headline_val(summaries: Sequence[dict]) -> dict[str, Any] | None:
     return split[0] if split else None
 
 
+def _region_score_entry(region_score) -> dict[str, Any]:
+    """The card's ``region_score``: the scorer's (or set's) own entry and the rule it applies."""
+    entry = region_score.card_entry()
+    entry["rule"] = ("each region's score is detector^(1-weight) x region^weight, the region score a small CNN's "
+                     "P(tumor) on the grey pixels around the region's box"
+                     + (" (the geometric mean of the members' P(tumor), each on its own crops)" if "members" in entry else ""))
+    return entry
+
+
 def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: float, encoding: str,
                command: str | None, equivalence: dict | None, replaces: dict | None,
                training_precision: str | None = None, image_score: dict | None = None,
@@ -208,12 +217,7 @@ def build_card(*, name: str, config, run: dict, metrics: list[dict], threshold: 
                          "features": image_score.get("features"), "fit": image_score.get("fit"),
                          "rule": "flagged when a detection scores >= confident_detection or the head >= threshold"}
                         if image_score else None),
-        "region_score": ({**region_score.card_entry(),
-                          "rule": "each region's score is detector^(1-weight) x region^weight, the region score "
-                                  "a small CNN's P(tumor) on the grey pixels around the region's box"
-                                  + (" (the geometric mean of the members' P(tumor), each on its own crops)"
-                                     if "members" in region_score.card_entry() else "")}
-                         if region_score is not None else None),
+        "region_score": _region_score_entry(region_score) if region_score is not None else None,
         "intended_use": "research tool, not a medical device: every result must be reviewed by a qualified physician",
     }
 
