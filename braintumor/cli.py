@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--data", help="dataset folder: train (fit) and val (threshold)")
     fi.add_argument("--tumor-free", help="folder of tumor-free images (its 'train' slices are fitted; needed unless "
                                          "--threshold-of)")
-    fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too")
+    fi.add_argument("--figshare", help="Figshare folder: a sample of its train blocks is fitted too; with "
+                                       "--operating-point its val blocks, too, get no green 'no tumor'")
     fi.add_argument("--figshare-sample", type=int, default=200, metavar="N", help="Figshare train slices used (default 200; 1537 or more: all of them)")
     fi.add_argument("--figshare-seed", type=int, default=0, help="seed of that sample (default 0)")
     fi.add_argument("--out", required=True, help="output JSON file")
@@ -173,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "on val, e.g. for detections re-scored by --region-score")
     _region_options(fi, "each image's best score is the combined one")
     fi.add_argument("--operating-point", type=float, metavar="T",
-                    help="the model's operating point: the threshold is also low enough that no val scan without "
-                         "a detection at T goes unflagged (no green 'no tumor' on a val tumor scan)")
+                    help="the model's operating point: the threshold is also low enough that no val scan (and with "
+                         "--figshare no Figshare val slice) without a detection at T goes unflagged (no green "
+                         "'no tumor' on a val tumor scan)")
 
     fr = sub.add_parser("fit-region-score", help="fit a model's region scorer, a second opinion on each region's pixels "
                                                  "(for evaluate/export --region-score)")

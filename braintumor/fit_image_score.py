@@ -15,8 +15,9 @@ Training rows (the tumor-free slices come from another source, Br35H, which is b
 
 The re-windowed copies are what keeps the head from learning "bright means no tumor"
 (``benchmarks/image_score_probe.py``: without them, val shown at Br35H's windowing drops to
-sensitivity 0.57). Only ``val`` chooses the threshold; the held-out tumor-free slices are
-left for ``braintumor evaluate``.
+sensitivity 0.57). Only ``val`` chooses the threshold; with ``--operating-point`` and ``--figshare``
+the Figshare val slices, too, must not get the green "no tumor" (they lower the threshold, never
+raise it). The held-out tumor-free slices are left for ``braintumor evaluate``.
 
 Features of each set are cached (``--cache``, one ``.npz`` per set and model), so a second
 fit with other settings costs seconds. The output JSON is the head (:meth:`ImageScore.to_dict`)
@@ -42,7 +43,8 @@ from braintumor.image_score import DEFAULT_CONFIDENT_DETECTION, ImageScore, choo
 TUMOR_P99 = 165.0  # mean 99th grey percentile of the tumor scans (Br35H: evaluate.BR35H_P99 = 213)
 FIGSHARE_SAMPLE = 200
 FIGSHARE_SEED = 0
-BEST_SCORE_SETS = ("val",)  # the sets whose best detection scores are read (the threshold's); the rest are fitted on
+VAL_SETS = ("val", "figshare_val")  # the sets that choose the threshold (never fitted on)
+BEST_SCORE_SETS = VAL_SETS  # the sets whose best detection scores are read (the threshold's); the rest are fitted on
 
 
 def darken_like_tumor_scans(image: np.ndarray) -> np.ndarray:
@@ -58,32 +60,50 @@ def sample_ids(ids: list, sample: int | None, seed: int = FIGSHARE_SEED) -> list
     return sorted(np.random.default_rng(seed).choice(ids, sample, replace=False).tolist())
 
 
+def _reader(load: Callable, transform: Callable | None = None, sample: int | None = None,
+            seed: int = FIGSHARE_SEED) -> Callable:
+    """A function returning ``(names, images)`` of the dataset ``load()`` gives (its ``sample``, images
+    passed through ``transform``), read one image at a time."""
+    def run():
+        ds = load()
+        ids = sample_ids(list(ds.image_ids), sample, seed)
+        names = [str(ds.image_info[i].get("name") or Path(ds.image_info[i].get("path", i)).name) for i in ids]
+        images = (ds.load_image(i) for i in ids)
+        return names, (transform(im) for im in images) if transform else images
+    return run
+
+
+def val_sets(data: Path, figshare: Path | None = None) -> dict[str, tuple[int, Callable]]:
+    """name -> (label, reader) of the val scans that choose the threshold: ``val`` of ``data``, and with a Figshare
+    folder ``figshare_val`` (its val blocks), held to "no green 'no tumor'" alone."""
+    from braintumor.data import load_split
+
+    sets = {"val": (1, _reader(lambda: load_split(data, "val")))}
+    if figshare is not None:
+        from braintumor.figshare import load_figshare
+
+        sets["figshare_val"] = (1, _reader(lambda: load_figshare(figshare, "val")))
+    return sets
+
+
 def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sample: int = FIGSHARE_SAMPLE,
-               figshare_seed: int = FIGSHARE_SEED) -> dict[str, tuple[int, Callable]]:
+               figshare_seed: int = FIGSHARE_SEED, figshare_val: bool = False) -> dict[str, tuple[int, Callable]]:
     """name -> (label, function returning ``(names, images)``) of every set the fit reads.
 
-    label 1: tumor, 0: no tumor; ``val`` (label 1) chooses the threshold only.
+    label 1: tumor, 0: no tumor; the :data:`VAL_SETS` (``val``, and ``figshare_val`` when ``figshare_val``
+    and a Figshare folder are given) choose the threshold only.
     """
     from braintumor.data import load_split
     from braintumor.tumor_free import load_tumor_free
 
-    def read(load, transform=None, sample=None):
-        def run():
-            ds = load()
-            ids = sample_ids(list(ds.image_ids), sample, figshare_seed)
-            names = [str(ds.image_info[i].get("name") or Path(ds.image_info[i].get("path", i)).name) for i in ids]
-            images = (ds.load_image(i) for i in ids)
-            return names, (transform(im) for im in images) if transform else images
-        return run
-
     train = lambda: load_split(data, "train")  # noqa: E731
     free = lambda: load_tumor_free(tumor_free, "train")  # noqa: E731
     sets = {
-        "val": (1, read(lambda: load_split(data, "val"))),
-        "train": (1, read(train)),
-        "train_rewindowed": (1, read(train, rewindow_like_br35h)),
-        "tumor_free_train": (0, read(free)),
-        "tumor_free_train_darkened": (0, read(free, darken_like_tumor_scans)),
+        **val_sets(data, figshare if figshare_val else None),
+        "train": (1, _reader(train)),
+        "train_rewindowed": (1, _reader(train, rewindow_like_br35h)),
+        "tumor_free_train": (0, _reader(free)),
+        "tumor_free_train_darkened": (0, _reader(free, darken_like_tumor_scans)),
     }
     if figshare is not None:
         from braintumor.figshare import load_figshare
@@ -91,7 +111,7 @@ def image_sets(data: Path, figshare: Path | None, tumor_free: Path, figshare_sam
         # the set's name keys the feature cache: another sample must not read this one's features
         key = ("figshare_train" + ("" if figshare_seed == FIGSHARE_SEED else f"_seed{figshare_seed}")
                + ("" if figshare_sample == FIGSHARE_SAMPLE else f"_n{figshare_sample}"))
-        sets[key] = (1, read(lambda: load_figshare(figshare, "train"), sample=figshare_sample))
+        sets[key] = (1, _reader(lambda: load_figshare(figshare, "train"), sample=figshare_sample, seed=figshare_seed))
     return sets
 
 
@@ -172,19 +192,36 @@ def collect(predictor, sets: dict, cache: Path | None, log=print,
 
 def fit_head(features: dict[str, dict[str, Any]], l2: float, confident_detection: float,
              sensitivity: float, outline_threshold: float | None = None) -> tuple[ImageScore, dict[str, Any]]:
-    """The head fitted on every set but ``val``, its threshold chosen on ``val`` (with ``outline_threshold``,
-    the operating point, also so that no val scan is called "no tumor"); and the fit record."""
-    train = [k for k in features if k != "val"]
+    """The head fitted on every set but the :data:`VAL_SETS`, its threshold chosen on ``val`` (with
+    ``outline_threshold``, the operating point, also so that no scan of ``val`` or ``figshare_val`` is called
+    "no tumor"); and the fit record."""
+    train = [k for k in features if k not in VAL_SETS]
     x = np.concatenate([features[k]["features"] for k in train])
     y = np.concatenate([np.full(len(features[k]["names"]), features[k]["label"], np.float64) for k in train])
     head = fit(x, y, l2=l2, confident_detection=confident_detection)
-    val = features["val"]
-    head = choose_threshold(head, val["features"], val["best"], sensitivity, outline_threshold)
-    flagged = head.flags(val["features"], val["best"])
+    head, record = threshold_on_val(head, features, sensitivity, outline_threshold)
     record = {"sets": {k: {"images": len(features[k]["names"]), "label": "tumor" if features[k]["label"] else "no tumor"}
-                       for k in features},
-              "l2": l2, "target_sensitivity": sensitivity, "no_green_at": outline_threshold,
+                       for k in features}, "l2": l2, **record}
+    return head, record
+
+
+def threshold_on_val(head: ImageScore, features: dict[str, dict[str, Any]], sensitivity: float,
+                     outline_threshold: float | None = None) -> tuple[ImageScore, dict[str, Any]]:
+    """``head`` with its threshold chosen on ``features["val"]`` (:func:`choose_threshold`), the other
+    :data:`VAL_SETS` present held to no green verdict at ``outline_threshold``; and the record: the target,
+    the sets held, val sensitivity and images (and of ``figshare_val``, the share flagged)."""
+    val = features["val"]
+    more = [k for k in VAL_SETS[1:] if k in features] if outline_threshold is not None else []
+    head = choose_threshold(head, val["features"], val["best"], sensitivity, outline_threshold,
+                            tuple((features[k]["features"], features[k]["best"]) for k in more))
+    flagged = head.flags(val["features"], val["best"])
+    record = {"target_sensitivity": sensitivity, "no_green_at": outline_threshold,
               "val_sensitivity": round(float(flagged.mean()), 4), "val_images": int(len(flagged))}
+    if outline_threshold is not None:
+        record["no_green_sets"] = ["val", *more]
+    for k in more:
+        record[f"{k}_images"] = len(features[k]["names"])
+        record[f"{k}_flagged"] = round(float(head.flags(features[k]["features"], features[k]["best"]).mean()), 4)
     return head, record
 
 
@@ -219,14 +256,12 @@ def cli_fit_image_score(args) -> int:
         predictor.region_score = chosen(*region, fallback=getattr(predictor, "region_score", None))
     if threshold_of:
         return _rethreshold(args, predictor, data, threshold_of, out, command_options(*region))
+    no_green = _operating_point(args)
     sets = image_sets(data, Path(args.figshare) if args.figshare else None, Path(args.tumor_free), args.figshare_sample,
-                      args.figshare_seed)
+                      args.figshare_seed, figshare_val=no_green is not None)
     print(f"image score for {predictor.weights_path}: features of {len(sets)} sets", flush=True)
     t0 = time.perf_counter()
     feats = collect(predictor, sets, Path(args.cache) if args.cache else None)
-    no_green = getattr(args, "operating_point", None)
-    if no_green is not None and not 0.0 < no_green <= 1.0:
-        raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
     confident = DEFAULT_CONFIDENT_DETECTION if confident is None else confident
     head, record = fit_head(feats, args.l2, confident, args.sensitivity, no_green)
     figshare = (f" --figshare {args.figshare} --figshare-sample {args.figshare_sample} --figshare-seed "
@@ -245,8 +280,24 @@ def cli_fit_image_score(args) -> int:
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     tmp.replace(out)
     print(f"threshold {head.threshold:.4f} (detection >= {head.confident_detection:g} also flags): "
-          f"val sensitivity {record['val_sensitivity']:.3f} of {record['val_images']}; written {out}")
+          f"{_said(record)}; written {out}")
     return 0
+
+
+def _operating_point(args) -> float | None:
+    """``--operating-point``, refused in one line outside (0, 1]."""
+    t = getattr(args, "operating_point", None)
+    if t is not None and not 0.0 < t <= 1.0:
+        raise BrainTumorError(f"--operating-point must be in (0, 1], got {t}")
+    return t
+
+
+def _said(record: dict[str, Any]) -> str:
+    """The threshold record in words: val sensitivity, and the Figshare val slices flagged when they were held."""
+    text = f"val sensitivity {record['val_sensitivity']:.3f} of {record['val_images']}"
+    if "figshare_val_images" in record:
+        text += f", Figshare val flagged {record['figshare_val_flagged']:.3f} of {record['figshare_val_images']}"
+    return text
 
 
 def _head_document(source: str, predictor) -> dict[str, Any]:
@@ -270,31 +321,23 @@ def _head_document(source: str, predictor) -> dict[str, Any]:
 def _rethreshold(args, predictor, data: Path, source: str, out: Path, extra: str = "") -> int:
     """``--threshold-of``: the head of ``source`` unchanged but for its threshold, chosen again on val (the model's
     detections, e.g. re-scored by a region scorer, decide which scans a confident detection flags)."""
-    from braintumor.data import load_split
-
     doc = _head_document(source, predictor)
     head = ImageScore.from_dict(doc)
     confident = getattr(args, "confident_detection", None)
     if confident is not None:  # a new level for "a detection flags the image by itself", e.g. on a combined score
         head = replace(head, confident_detection=float(confident))
-    val = load_split(data, "val")
-    ids = list(val.image_ids)
-    if not ids:
-        raise BrainTumorError(f"{data}: its val split has no images")
+    no_green = _operating_point(args)
     t0 = time.perf_counter()
-    feats, best = extract(predictor, (val.load_image(i) for i in ids))
-    no_green = getattr(args, "operating_point", None)
-    if no_green is not None and not 0.0 < no_green <= 1.0:
-        raise BrainTumorError(f"--operating-point must be in (0, 1], got {no_green}")
-    new = choose_threshold(head, feats, best, args.sensitivity, no_green)
-    flagged = new.flags(feats, best)
+    figshare = Path(args.figshare) if getattr(args, "figshare", None) and no_green is not None else None
+    feats = collect(predictor, val_sets(data, figshare), Path(args.cache) if getattr(args, "cache", None) else None)
+    new, record = threshold_on_val(head, feats, args.sensitivity, no_green)
     fit = {**(doc.get("fit") or {}), "rethresholded": {
         "from": doc["_where"], "threshold_before": float(doc["threshold"]),
-        "confident_detection_before": float(doc["confident_detection"]), "target_sensitivity": args.sensitivity,
-        "no_green_at": no_green, "val_sensitivity": round(float(flagged.mean()), 4), "val_images": len(ids),
+        "confident_detection_before": float(doc["confident_detection"]), **record,
         "weights": Path(predictor.weights_path).name, "seconds": round(time.perf_counter() - t0, 1),
         "command": (f"braintumor fit-image-score --weights {predictor.weights_path}{extra} --data {data} "
-                    f"--threshold-of {source}" + (f" --confident-detection {confident:g}" if confident is not None else "")
+                    f"--threshold-of {source}" + (f" --figshare {figshare}" if figshare else "")
+                    + (f" --confident-detection {confident:g}" if confident is not None else "")
                     + f" --sensitivity {args.sensitivity:g}"
                     + (f" --operating-point {no_green:g}" if no_green else "") + f" --out {args.out}")}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -302,5 +345,5 @@ def _rethreshold(args, predictor, data: Path, source: str, out: Path, extra: str
     tmp.write_text(json.dumps({**new.to_dict(), "fit": fit}, indent=1) + "\n", encoding="utf-8")
     tmp.replace(out)
     print(f"threshold {float(doc['threshold']):.4f} -> {new.threshold:.4f} (detection >= {new.confident_detection:g} also flags): "
-          f"val sensitivity {flagged.mean():.3f} of {len(ids)}; written {out}")
+          f"{_said(record)}; written {out}")
     return 0

@@ -147,13 +147,16 @@ def fit(features: np.ndarray, labels: np.ndarray, l2: float = 0.01, confident_de
 
 
 def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_scores: np.ndarray,
-                     sensitivity: float = 0.95, outline_threshold: float | None = None) -> ImageScore:
+                     sensitivity: float = 0.95, outline_threshold: float | None = None,
+                     no_green_also: tuple = ()) -> ImageScore:
     """``head`` with the highest ``threshold`` at which the rule flags at least ``sensitivity`` of
     the tumor images given (val scans: ``features [N, F]``, highest detection scores ``[N]``),
     less :data:`THRESHOLD_MARGIN_LOGIT` in log-odds, so that rounding cannot unflag those scans.
 
     ``outline_threshold`` (the operating point): also low enough that no scan given gets the green
     "no tumor" verdict, i.e. every scan without a detection at the operating point is flagged.
+    ``no_green_also``: more tumor scans held to that, as ``(features [M, F], best scores [M])`` pairs
+    (e.g. the Figshare val slices); they do not count toward ``sensitivity``.
     """
     det = np.asarray(max_detection_scores, np.float64).reshape(-1)
     p = head.probability(features)
@@ -165,9 +168,12 @@ def choose_threshold(head: ImageScore, features: np.ndarray, max_detection_score
         rest = np.sort(p[~confident])[::-1]
         t = float(rest[need - int(confident.sum()) - 1])
     if outline_threshold is not None:
-        green = (det < float(outline_threshold)) & ~confident
-        if green.any():
-            t = min(t, float(p[green].min()))
+        for f, d in ((features, det), *no_green_also):
+            d = np.asarray(d, np.float64).reshape(-1)
+            pf = head.probability(f) if f is not features else p
+            green = (d < float(outline_threshold)) & (d < head.confident_detection)
+            if green.any():
+                t = min(t, float(pf[green].min()))
     if t < 1.0:  # a margin below the last scan it must flag: float16 storage or bfloat16 compute must not unflag it
         z = np.log(t / (1.0 - t)) - THRESHOLD_MARGIN_LOGIT
         t = float(_sigmoid(np.asarray(z)))

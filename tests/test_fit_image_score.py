@@ -97,7 +97,7 @@ def test_the_command_writes_a_head_the_release_accepts_and_refuses_bad_folders(t
     monkeypatch.setattr(inference, "load_predictor",
                         lambda w, config=None, logs="logs", min_confidence=None, precision=None:
                         configs.append(config) or precisions.append(precision) or GreyPredictor(weights))
-    monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed: _sets(np.random.default_rng(1)))
+    monkeypatch.setattr(F, "image_sets", lambda data, figshare, free, n, seed, **kw: _sets(np.random.default_rng(1)))
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "head" / "image_score.json"
@@ -153,6 +153,7 @@ def weak_val(tmp_path, monkeypatch):
 
     class Val:
         image_ids = list(range(20))
+        image_info = [{"name": f"{i}.png"} for i in range(20)]
 
         def load_image(self, i):
             return np.full((8, 8, 3), 100 + 3 * i, np.uint8)
@@ -216,6 +217,46 @@ def test_threshold_of_with_a_confident_detection_level_flags_from_it_and_records
                  "--out", str(low)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--confident-detection" in err[0] and "1.5" in err[0]
+
+
+def test_threshold_of_with_figshare_keeps_its_val_slices_from_green_and_reads_them_once(tmp_path, weak_val,
+                                                                                        monkeypatch, capsys):
+    """--threshold-of --figshare F --operating-point T: the Figshare val slices are read too (cached like val), and a
+    dark one without a detection at T lowers the threshold until the head flags it; they do not count toward the
+    val sensitivity. Without --operating-point Figshare is not read at all."""
+    import braintumor.figshare as FS
+
+    pred, data, head, src = weak_val
+
+    class FigVal:
+        image_ids = [0, 1]
+        image_info = [{"name": "1572.jpg"}, {"name": "1573.jpg"}]
+
+        def load_image(self, i):
+            return np.full((8, 8, 3), (80, 200)[i], np.uint8)  # best 0.31 (no detection at 0.35) and 0.78
+
+    splits = []
+    monkeypatch.setattr(FS, "load_figshare", lambda folder, split: splits.append(split) or FigVal())
+    fig = tmp_path / "figshare"
+    fig.mkdir()
+    plain, held = tmp_path / "plain.json", tmp_path / "held.json"
+    args = ["fit-image-score", "--data", str(data), "--threshold-of", str(src), "--sensitivity", "0.9",
+            "--operating-point", "0.35"]
+    assert main(args + ["--out", str(plain)]) == 0 and pred.calls == 20 and splits == []
+    cache = tmp_path / "cache"
+    assert main(args + ["--figshare", str(fig), "--cache", str(cache), "--out", str(held)]) == 0
+    assert splits == ["val"] and pred.calls == 42
+    assert "Figshare val flagged 1.000 of 2" in capsys.readouterr().out
+    a, b = load_image_score(plain), load_image_score(held)
+    dark = np.array([[80.0, 1.0]])
+    assert not a.flags(dark, np.array([80 / 255])).any(), "held to val alone, the dark slice would be green"
+    assert b.flags(dark, np.array([80 / 255])).all() and b.threshold < a.threshold
+    doc = json.loads(held.read_text())["fit"]["rethresholded"]
+    assert doc["no_green_sets"] == ["val", "figshare_val"] and doc["figshare_val_images"] == 2
+    assert doc["val_images"] == 20 and f"--figshare {fig}" in doc["command"]
+    assert main(args + ["--figshare", str(fig), "--cache", str(cache), "--out", str(held)]) == 0
+    assert pred.calls == 42, "the second run reads both sets from the cache"
+    assert load_image_score(held).threshold == b.threshold
 
 
 def test_an_unreadable_cache_file_is_one_line_and_the_set_is_computed_again(tmp_path):

@@ -120,3 +120,23 @@ def test_choose_threshold_with_the_operating_point_leaves_no_val_scan_green():
     det[0] = 0.95  # a confident detection flags it by itself
     assert choose_threshold(head, xs, det, 0.95, outline_threshold=0.5).threshold == pytest.approx(
         choose_threshold(head, xs, det, 0.95).threshold)
+
+
+def test_more_scans_held_to_no_green_lower_the_threshold_only_for_their_own_green_scans():
+    """no_green_also: Figshare val slices without a detection at the operating point are flagged too; they never
+    count toward the sensitivity, and one outlined (or confidently detected) changes nothing."""
+    head = ImageScore(mean=np.zeros(1), scale=np.ones(1), weights=np.ones(1), bias=0.0, confident_detection=0.9)
+    xs = np.linspace(-2.0, 3.0, 20)[:, None]
+    det = np.full(20, 0.6)
+    base = choose_threshold(head, xs, det, 0.95, outline_threshold=0.5)
+    other = np.array([[-3.0], [5.0]])  # the first is below every val scan's probability
+    for outlined in ([0.55, 0.1], [0.95, 0.1]):
+        same = choose_threshold(head, xs, det, 0.95, outline_threshold=0.5, no_green_also=((other, outlined),))
+        assert same.threshold == pytest.approx(base.threshold)
+    held = choose_threshold(head, xs, det, 0.95, outline_threshold=0.5, no_green_also=((other, [0.1, 0.1]),))
+    p = head.probability(other)
+    assert held.threshold < p[0] < base.threshold and held.flags(other, np.array([0.1, 0.1])).all()
+    z0 = np.log(p[0] / (1 - p[0])) - THRESHOLD_MARGIN_LOGIT
+    assert held.threshold == pytest.approx(1 / (1 + np.exp(-z0)))
+    assert choose_threshold(head, xs, det, 0.95, no_green_also=((other, [0.1, 0.1]),)).threshold == pytest.approx(
+        choose_threshold(head, xs, det, 0.95).threshold), "without an operating point there is no green to avoid"
