@@ -221,6 +221,28 @@ def test_a_second_stage_from_a_release_counts_the_release_steps(exported, tmp_pa
     assert "1500 steps in all" in text and "this stage 300 steps" in text and exported["head"].name in text
 
 
+def test_a_run_from_another_runs_checkpoint_counts_the_whole_chain_back_to_the_release(exported, tmp_path):
+    """release (1,200 steps) -> run a (2 x 100) -> run b (3 x 100): b's card counts 1,700 steps, adds up the wall
+    time of all three and names each stage; a bare .h5 as init is named alone."""
+    from braintumor.config import load_config
+
+    a = _make_run(tmp_path / "logs", "first", epoch=2, steps_per_epoch=100, init=str(exported["head"]))
+    b = _make_run(tmp_path / "logs", "second", epoch=3, steps_per_epoch=100, init=str(a))
+    summary = R.run_summary(b, load_config(b.parent / "config.toml"))
+    assert summary["steps"] == 1700 and summary["init_run"]["checkpoint"] == a.name
+    assert summary["init_run"]["init_release"]["file"] == exported["head"].name
+    release_wall = exported["card"]["training"]["wall_seconds"]
+    assert summary["wall_seconds_total"] == pytest.approx((11 + 12 + 13) + (11 + 12) + release_wall)
+    text = R.render_card_markdown({"training": summary})
+    assert "1700 steps in all" in text and "this stage 300 steps" in text and f"`{a.name}`" in text
+    assert "200 steps, from the released model" in text and exported["head"].name in text
+    bare = tmp_path / "bare.h5"
+    bare.write_bytes(a.read_bytes())
+    c = _make_run(tmp_path / "logs2", "third", epoch=1, steps_per_epoch=100, init=str(bare))
+    alone = R.run_summary(c, load_config(c.parent / "config.toml"))
+    assert "init_run" not in alone and alone["init"] == str(bare)
+
+
 def test_tensors_decode_to_the_recorded_float32_statistics(exported):
     """What the CI test of the real release does: every restored tensor matches its float32 norm and sum."""
     rel = R.open_release(exported["head"])

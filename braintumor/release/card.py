@@ -54,9 +54,17 @@ def tumor_free_share(config) -> float:
     return round(free / total, 6) if total > 0 else 0.0
 
 
-def run_summary(ckpt: Path, config) -> dict[str, Any]:
+INIT_RUN_KEYS = ("run_folder", "checkpoint", "epoch", "steps", "wall_seconds", "wall_seconds_total", "init",
+                 "init_release", "init_run")  # what the card keeps of each run a checkpoint's run started from
+
+
+def run_summary(ckpt: Path, config, _depth: int = 0) -> dict[str, Any]:
     """What the run folder says about training: steps, wall time (s, sum of ``epoch_seconds``), epochs, data
-    (and, for a weight average, its members: ``average``)."""
+    (and, for a weight average, its members: ``average``).
+
+    A run started from a release names it (``init_release``, its steps and wall time from its card); one started
+    from another run's checkpoint summarises that run too (``init_run``, the :data:`INIT_RUN_KEYS`, followed up
+    to 5 runs back); ``wall_seconds_total`` then adds up the whole chain."""
     run = ckpt.parent
     epoch = checkpoint_epoch(ckpt)
     rows = [r for r in read_history(run / "history.csv") if epoch is None or int(r["epoch"]) <= epoch]
@@ -76,6 +84,18 @@ def run_summary(ckpt: Path, config) -> dict[str, Any]:
                                "run_folder": before.get("run_folder"), "checkpoint": before.get("checkpoint")}
         if isinstance(before.get("wall_seconds"), (int, float)) and out["wall_seconds"] is not None:
             out["wall_seconds_total"] = round(out["wall_seconds"] + before["wall_seconds"], 1)
+    elif str(config.INIT) not in ("random", "imagenet", "coco", "last") and init.is_file() and _depth < 5:
+        from braintumor.inference import config_for_checkpoint
+
+        try:
+            before = run_summary(init, config_for_checkpoint(init), _depth + 1)
+        except (BrainTumorError, OSError, ValueError):
+            before = None  # not a run's checkpoint (e.g. a bare .h5): the card names it by INIT alone
+        if before is not None:
+            out["init_run"] = {k: before[k] for k in INIT_RUN_KEYS if k in before}
+            earlier = before.get("wall_seconds_total", before.get("wall_seconds"))
+            if isinstance(earlier, (int, float)) and out["wall_seconds"] is not None:
+                out["wall_seconds_total"] = round(out["wall_seconds"] + earlier, 1)
     if rows:
         last = rows[-1]
         out["final_losses"] = {k: float(last[k]) for k in ("loss", "val_loss", "mrcnn_mask_loss", "val_mrcnn_mask_loss")
@@ -236,14 +256,28 @@ def _contexts(v) -> str:
 
 
 def _init_release_note(training: dict) -> str:
-    """`` (this stage N steps from the released model <file>: run <run>, <checkpoint>, M steps)``, else ''."""
-    r = training.get("init_release")
-    if not isinstance(r, dict):
-        return ""
-    before, total = r.get("steps"), training.get("steps")
-    stage = total - before if isinstance(before, int) and isinstance(total, int) else None
-    return (f" (this stage {_fmt(stage)} steps, from the released model `{r.get('file')}`: run "
-            f"`{r.get('run_folder')}`, `{r.get('checkpoint')}`, {_fmt(before)} steps)")
+    """`` (this stage N steps, from the released model <file>: run <run>, <checkpoint>, M steps)``; for a run
+    started from another run's checkpoint `` (this stage N steps, from run <run>, <checkpoint>: M steps, from …)``
+    back to the first run or release; else ''."""
+    parts, t = [], training
+    while True:
+        r, run = t.get("init_release"), t.get("init_run")
+        before = r if isinstance(r, dict) else run if isinstance(run, dict) else None
+        if before is None:
+            break
+        steps, total = before.get("steps"), t.get("steps")
+        stage = total - steps if isinstance(steps, int) and isinstance(total, int) else None
+        parts.append(f"this stage {_fmt(stage)} steps" if not parts else f"{_fmt(stage)} steps")
+        if before is r:
+            parts.append(f"from the released model `{r.get('file')}`: run `{r.get('run_folder')}`, "
+                         f"`{r.get('checkpoint')}`, {_fmt(steps)} steps")
+            break
+        parts.append(f"from run `{run.get('run_folder')}`, `{run.get('checkpoint')}`")
+        if not (isinstance(run.get("init_release"), dict) or isinstance(run.get("init_run"), dict)):
+            parts.append(f"{_fmt(steps)} steps from init `{run.get('init')}`")
+            break
+        t = run
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def render_card_markdown(card: dict[str, Any]) -> str:
@@ -268,7 +302,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     wall = t.get("wall_seconds_total", t.get("wall_seconds"))
     hours = wall / 3600 if isinstance(wall, (int, float)) else None
     lines += [f"Training: run `{t.get('run_folder')}`, checkpoint `{t.get('checkpoint')}`, "
-              + (f"{_fmt(t.get('steps'))} steps in all" if t.get("init_release") else
+              + (f"{_fmt(t.get('steps'))} steps in all" if t.get("init_release") or t.get("init_run") else
                  f"{_fmt(t.get('steps'))} steps ({_fmt(t.get('epoch'))} epochs × {_fmt(t.get('steps_per_epoch'))})")
               + (f", {hours:.1f} h of training" if hours is not None else "")
               + f", init `{t.get('init')}`" + _init_release_note(t) + (f"; `{t['command']}`" if t.get("command") else "") + ".", ""]
