@@ -200,8 +200,8 @@ def fit_head(features: dict[str, dict[str, Any]], l2: float, confident_detection
     y = np.concatenate([np.full(len(features[k]["names"]), features[k]["label"], np.float64) for k in train])
     head = fit(x, y, l2=l2, confident_detection=confident_detection)
     head, record = threshold_on_val(head, features, sensitivity, outline_threshold)
-    record = {"sets": {k: {"images": len(features[k]["names"]), "label": "tumor" if features[k]["label"] else "no tumor"}
-                       for k in features}, "l2": l2, **record}
+    record = {"sets": {k: {"images": len(features[k]["names"]), "label": "tumor" if features[k]["label"] else "no tumor",
+                           "role": "threshold" if k in VAL_SETS else "fit"} for k in features}, "l2": l2, **record}
     return head, record
 
 

@@ -76,8 +76,8 @@ def test_features_are_cached_per_model_and_the_head_separates_and_keeps_val_sens
 
     head, record = F.fit_head(feats, l2=0.01, confident_detection=0.99, sensitivity=0.95)
     assert record["val_sensitivity"] >= 0.95 and record["val_images"] == 20
-    assert record["sets"]["tumor_free_train"] == {"images": 40, "label": "no tumor"}
-    assert "val" in record["sets"] and record["sets"]["val"]["images"] == 20
+    assert record["sets"]["tumor_free_train"] == {"images": 40, "label": "no tumor", "role": "fit"}
+    assert record["sets"]["val"] == {"images": 20, "label": "tumor", "role": "threshold"}
     bright, dark = np.array([[120.0, 1.0]]), np.array([[60.0, 1.0]])
     assert head.probability(bright)[0] > head.threshold > head.probability(dark)[0]
 

@@ -575,6 +575,13 @@ def test_the_card_reports_the_image_level_rule_and_its_verdicts(tmp_path):
     assert "0.951 / 0.931** (14 of 204 tumor-free flagged)" in text, text
     assert "| 55 / 3 / 3 / 0 |" in text and "| 13 / 1 / 96 / 94 |" in text and "≥ 0.95" in text
     assert "fitted on train 202 images" in text
+    held = {"threshold": 0.91, "features": ["fpn_p4"], "fit": {
+        "l2": 0.01, "no_green_at": 0.3407, "no_green_sets": ["val", "figshare_val"], "figshare_val_images": 298,
+        "sets": {"val": {"images": 61, "role": "threshold"}, "figshare_val": {"images": 298, "role": "threshold"},
+                 "train": {"images": 202, "role": "fit"}}}}
+    text = render_card_markdown({"image_score": held})
+    assert "fitted on train 202 images;" in text, "the sets that chose the threshold are not among the fitted ones"
+    assert "none of the 298 figshare_val slices without a region at 0.3407 goes unflagged" in text
     # with the slices the copies belong to (evaluate with load_tumor_free), they are counted too
     doc["image_rule"].update(n_tumor_free_slices=41, n_tumor_free_flagged_slices=5)
     text = render_card_markdown({"val": metrics_summary(doc, "m.json")})
@@ -812,7 +819,7 @@ def test_release_embeds_two_scorers_read_as_one(exported, tmp_path):
     from braintumor.region_score import RegionScore, RegionScoreSet, build_scorer
 
     a = RegionScore(build_scorer(16, (4, 8)), size=16, widths=(4, 8), weight=0.4, detector_floor=0.1,
-                    fit={"sets": {"thesis_train": {"images": 3}}})
+                    fit={"sets": {"thesis_train": {"images": 3}}, "weights": "mask_rcnn_x_0030.h5", "seed": 1})
     b = RegionScore(build_scorer(24, (4, 8), 2), size=24, context=(1.5, 3.0), widths=(4, 8), weight=0.9,
                     fit={"sets": {"figshare_train": {"images": 5}}})
     paths = [str(a.save(tmp_path / "a.h5")), str(b.save(tmp_path / "b.h5"))]
@@ -824,6 +831,7 @@ def test_release_embeds_two_scorers_read_as_one(exported, tmp_path):
     assert rs["parameters"] == a.model.count_params() + b.model.count_params()
     md = R.render_card_markdown(card)
     assert "2 of them read as one" in md and "thesis_train 3" in md and "figshare_train 5" in md
+    assert "fitted on the regions of `mask_rcnn_x_0030.h5`, seed 1 on thesis_train 3" in md, md
     got = R.open_release(head).region_score()
     assert isinstance(got, RegionScoreSet) and got.weight == 0.4
 

@@ -357,11 +357,16 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     head = card.get("image_score") or {}
     if head:
         fit = head.get("fit") or {}
-        sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in (fit.get("sets") or {}).items() if k != "val")
+        sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in (fit.get("sets") or {}).items()
+                         if k != "val" and _get(x, "role") != "threshold")
+        held = [k for k in fit.get("no_green_sets") or () if k != "val"]
+        no_green = ("; no val scan" + "".join(f" and none of the {_fmt(fit.get(f'{k}_images'))} {k} slices" for k in held)
+                    + f" without a region at {_fmt(fit.get('no_green_at'), 4)} goes unflagged"
+                    if fit.get("no_green_at") is not None else "")
         lines += [f"Image-level head (`braintumor fit-image-score`): logistic regression (L2 {_fmt(fit.get('l2'))}) on the "
                   f"pooled {', '.join(head.get('features') or [])} features, fitted on {sets or '—'} images; its threshold "
                   f"{_fmt(head.get('threshold'))} keeps val sensitivity ≥ {_fmt(fit.get('target_sensitivity'), 2)} "
-                  f"({_fmt(fit.get('val_images'))} val scans). Verdicts: *tumor* (flagged, outlined), *suspected* "
+                  f"({_fmt(fit.get('val_images'))} val scans{no_green}). Verdicts: *tumor* (flagged, outlined), *suspected* "
                   f"(flagged, nothing outlined), *uncertain* (not flagged, a weak outline), *no tumor* (neither; the "
                   f"only green answer).", ""]
     rs = card.get("region_score") or {}
@@ -372,8 +377,11 @@ def render_card_markdown(card: dict[str, Any]) -> str:
             parts = []
             for m in rs["members"]:
                 sets = ", ".join(f"{k} {_get(x, 'images')}" for k, x in ((m.get("fit") or {}).get("sets") or {}).items())
+                fit = m.get("fit") or {}
+                source = (f" on the regions of `{fit['weights']}`" if fit.get("weights") else "") + (
+                    f", seed {fit['seed']}" if fit.get("seed") is not None else "")
                 parts.append(f"{_fmt(m.get('parameters'))} weights, {_fmt(m.get('crop_px'))} px crops at "
-                             f"{_contexts(m.get('context'))} × the box, fitted on {sets or '—'} training images")
+                             f"{_contexts(m.get('context'))} × the box, fitted{source} on {sets or '—'} training images")
             lines += [f"Region scorer (`braintumor fit-region-score`, {len(parts)} of them read as one): small CNNs each "
                       f"read a grey crop around each region and give P(tumor); a region's is the geometric mean of "
                       f"theirs ({'; '.join(parts)}); {combined}.", ""]

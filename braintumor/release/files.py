@@ -22,8 +22,9 @@ ENCODINGS = ("float16", "int8")
 DEFAULT_ENCODING = "float16"
 MAX_FILE_BYTES = 95_000_000
 """Largest file of a release, in bytes (GitHub refuses files over 100 MB)."""
-MAX_TOTAL_BYTES = 130_000_000
-"""Largest release (all its .h5 files together), in bytes."""
+MAX_TOTAL_BYTES = 135_000_000
+"""Largest release (all its .h5 files together), in bytes: ResNet-101's 127 MB of float16 weights and what the head
+embeds beside them (each region scorer 1.2 MB in float32, the image-level head, the card)."""
 SHARD_TARGET_BYTES = 90_000_000
 """Tensor bytes per shard; HDF5 adds well under 1 MB of headers, keeping every file below MAX_FILE_BYTES."""
 MODELS_ENV = "BRAINTUMOR_MODELS"
