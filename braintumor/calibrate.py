@@ -9,9 +9,10 @@ once, and from those detections:
    sensitivity ≥ ``sensitivity``; its robust threshold, as ``evaluate --at-operating-point``);
 2. chooses the head's threshold by :func:`braintumor.image_score.choose_threshold` on the val
    scans (as ``fit-image-score --operating-point`` does: the sensitivity its fit asked for, and no
-   val scan called "no tumor"; the head's weights stay the release's);
+   val scan called "no tumor"; the head's weights stay the release's); with ``--figshare`` (needed
+   when the release's head was held so, ``fit-image-score --figshare``), no Figshare val slice either;
 3. reports every figure at those thresholds beside the card's float32 ones and judges them
-   (:func:`braintumor.release.calibration.judge`);
+   (:func:`braintumor.release.calibration.judge`; a Figshare val slice called "no tumor" refuses it too);
 4. writes the result into the model card as ``calibrations.mixed_bfloat16``, accepted or not.
 
 It needs a CPU with bfloat16: elsewhere bfloat16 is not used, so there is nothing to calibrate.
@@ -43,7 +44,8 @@ def _cpu_model() -> str:
 
 def calibrate_records(records, free_records, head, class_names, sensitivity: float, groups=None,
                       floor: float = 0.05, flagged_min_confidence: float | None = None,
-                      head_sensitivity: float | None = None, free_slices=None) -> tuple[dict[str, Any], Any]:
+                      head_sensitivity: float | None = None, free_slices=None,
+                      no_green_records=()) -> tuple[dict[str, Any], Any]:
     """The two thresholds from detections already made: ``(results at them, head with its new threshold)``.
 
     records / free_records: :class:`braintumor.metrics.ImageRecord` of the val split and of the
@@ -54,6 +56,8 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
     keeps ``sensitivity``; the head's threshold ``head_sensitivity`` (default ``sensitivity``), the
     target its float32 threshold was chosen for. ``free_slices``: each tumor-free record's slice
     (:func:`braintumor.evaluate.record_slices`), so the flagged ones are also counted per distinct slice.
+    ``no_green_records``: more tumor records (e.g. the Figshare val slices) that no threshold may call "no tumor"
+    (:func:`braintumor.image_score.choose_threshold`'s ``no_green_also``).
     """
     from braintumor.evaluate import evaluate_records
     from braintumor.image_score import choose_threshold
@@ -66,13 +70,32 @@ def calibrate_records(records, free_records, head, class_names, sensitivity: flo
     scans = [r for r in records if r.has_tumor]
     if not scans or any(r.image_features is None for r in scans):
         raise BrainTumorError("the val scans have no image features: the image-level head cannot be calibrated")
-    feats = np.stack([np.asarray(r.image_features, np.float64) for r in scans])
-    best = np.asarray([r.max_score for r in scans], np.float64)
-    new_head = choose_threshold(head, feats, best, head_sensitivity or sensitivity, op["robust_threshold"])
+    feats, best = _features_and_best(scans)
+    more = tuple(_features_and_best(rs) for rs in no_green_records if rs)
+    new_head = choose_threshold(head, feats, best, head_sensitivity or sensitivity, op["robust_threshold"], more)
     res = evaluate_records(records, op["robust_threshold"], free_records, class_names, sensitivity, new_head, groups,
                            flagged_min_confidence, free_slices)
     res["threshold_from"] = "operating point"
     return res, new_head
+
+
+def _features_and_best(records) -> tuple[np.ndarray, np.ndarray]:
+    """``([N, F] image features, [N] best scores)`` of tumor records; one line when a record has no features."""
+    if any(r.image_features is None for r in records):
+        raise BrainTumorError("a tumor scan has no image features: the image-level head cannot be calibrated")
+    return (np.stack([np.asarray(r.image_features, np.float64) for r in records]),
+            np.asarray([r.max_score for r in records], np.float64))
+
+
+def _head_holds(release) -> list[str]:
+    """The sets besides ``val`` the release's head was held from green on (its fit record's ``no_green_sets``)."""
+    import json
+
+    try:
+        fit = json.loads(release.meta.get("image_score.json") or "{}").get("fit", {})
+    except ValueError:
+        return []
+    return [k for k in fit.get("no_green_sets") or () if k != "val"]
 
 
 def _head_target(release, sensitivity: float) -> float:
@@ -89,8 +112,10 @@ def _head_target(release, sensitivity: float) -> float:
 
 def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_free: Path,
                       precision: str = "mixed_bfloat16", sensitivity: float = 0.95, progress: bool = True,
-                      cpuinfo: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Calibrate the release ``weights`` (None: the one in ``models/``) and write the card; ``(card path, entry)``."""
+                      cpuinfo: str | None = None, figshare: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Calibrate the release ``weights`` (None: the one in ``models/``) and write the card; ``(card path, entry)``.
+    ``figshare``: a Figshare folder whose val slices no threshold may call "no tumor" (required when the release's
+    head was held so)."""
     from braintumor.data import load_split
     from braintumor.evaluate import EVAL_SCORE_FLOOR, collect_records, record_groups, record_slices
     from braintumor.inference import Predictor, resolve_weights
@@ -115,28 +140,49 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
         raise BrainTumorError(f"{path}: its model card has no val figures to compare the calibration with")
     if not Path(tumor_free).is_dir():
         raise BrainTumorError(f"{tumor_free}: not a folder (--tumor-free)")
+    if figshare is None and "figshare_val" in _head_holds(release):
+        raise BrainTumorError(f"{path}: its head keeps every Figshare val slice from the green 'no tumor'; give "
+                              f"--figshare FOLDER so that the bfloat16 thresholds are held to that too")
     dataset = load_split(data, split)
+    fig_val = None
+    if figshare is not None:
+        from braintumor.figshare import load_figshare
+
+        fig_val = load_figshare(figshare, "val", dataset.class_names)
     free = load_tumor_free(tumor_free, "held-out", dataset.class_names)
     fp32 = release.config()
     cfg = fp32.replace(PRECISION=precision, DETECTION_MIN_CONFIDENCE=EVAL_SCORE_FLOOR, IMAGES_PER_GPU=1, GPU_COUNT=1)
     predictor = Predictor(path, cfg, threshold=fp32.DETECTION_MIN_CONFIDENCE)
     predictor.region_score = release.region_score()  # its regions re-scored as the release re-scores them
-    print(f"calibrating {path.name} for {precision} on {split} ({len(dataset)} images + {len(free)} tumor-free)",
-          flush=True)
+    print(f"calibrating {path.name} for {precision} on {split} ({len(dataset)} images + {len(free)} tumor-free"
+          + (f" + {len(fig_val)} Figshare val" if fig_val is not None else "") + ")", flush=True)
     t0 = time.perf_counter()
     records, times = collect_records(predictor, dataset, progress, split)
     free_records, more = collect_records(predictor, free, progress, "tumor-free")
+    fig_records, fig_times = collect_records(predictor, fig_val, progress, "figshare val") if fig_val is not None else ([], [])
     head_target = _head_target(release, sensitivity)
-    res, new_head = calibrate_records(records, free_records, head, list(dataset.class_names), sensitivity,
+    names = list(dataset.class_names)
+    res, new_head = calibrate_records(records, free_records, head, names, sensitivity,
                                       record_groups(records, dataset), EVAL_SCORE_FLOOR,
                                       fp32.DETECTION_FLAGGED_MIN_CONFIDENCE, head_target,
-                                      record_slices(free_records, free))
+                                      record_slices(free_records, free), no_green_records=(fig_records,))
     res["dataset"]["label"] = split
     res["weights"] = path.name
     res["precision"] = precision
     summary = metrics_summary(res, source=f"braintumor calibrate ({precision})")
     why = judge(val_figures(summary), reference, sensitivity)
-    det = times + more
+    fig_summary = None
+    if fig_records:
+        from braintumor.evaluate import evaluate_records
+
+        fig = evaluate_records(fig_records, res["threshold"], (), names, sensitivity, new_head,
+                               record_groups(fig_records, fig_val), fp32.DETECTION_FLAGGED_MIN_CONFIDENCE)
+        fig["dataset"]["label"], fig["weights"], fig["precision"] = "figshare val", path.name, precision
+        fig_summary = metrics_summary(fig, source=f"braintumor calibrate ({precision}), Figshare val")
+        green = ((fig.get("image_rule") or {}).get("verdicts") or {}).get("no_tumor", {}).get("tumor_images")
+        if green:
+            why.append(f"{green} Figshare val slice(s) called 'no tumor'")
+    det = times + more + fig_times
     entry = {
         "operating_point": float(res["threshold"]),
         "image_score_threshold": float(new_head.threshold),
@@ -145,6 +191,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
         "target_sensitivity": sensitivity,
         "head_target_sensitivity": head_target,
         "val": summary,
+        **({"figshare_val": fig_summary} if fig_summary is not None else {}),
         "float32_val": reference,
         "float32_thresholds": {"operating_point": float(fp32.DETECTION_MIN_CONFIDENCE),
                                "image_score_threshold": float(head.threshold)},
@@ -153,7 +200,8 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
         "seconds": round(time.perf_counter() - t0, 1),
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": (f"braintumor calibrate --weights {path} --data {data} --split {split} --tumor-free {tumor_free} "
-                    f"--precision {precision} --sensitivity {sensitivity:g}"),
+                    + (f"--figshare {figshare} " if figshare is not None else "")
+                    + f"--precision {precision} --sensitivity {sensitivity:g}"),
     }
     return write_calibration(path, precision, entry), entry
 
@@ -181,8 +229,11 @@ def cli_calibrate(args) -> int:
 
     if not 0.5 <= args.sensitivity < 1.0:
         raise BrainTumorError(f"--sensitivity must be in [0.5, 1), got {args.sensitivity}")
+    figshare = getattr(args, "figshare", None)
+    if figshare is not None and not Path(figshare).is_dir():
+        raise BrainTumorError(f"{figshare}: not a folder (--figshare)")
     card, entry = calibrate_release(args.weights, resolve_data_dir(args.data), args.split, Path(args.tumor_free),
-                                    args.precision, args.sensitivity)
+                                    args.precision, args.sensitivity, figshare=Path(figshare) if figshare else None)
     print(format_entry(entry))
     print(f"written: {card}")
     if args.readme:

@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data", help="dataset folder with the val split")
     ca.add_argument("--split", default="val", help="split the thresholds are chosen on (default: val)")
     ca.add_argument("--tumor-free", required=True, help="folder of tumor-free images (its held-out slices are used)")
+    ca.add_argument("--figshare", help="Figshare folder: no threshold may call one of its val slices 'no tumor' "
+                                       "(needed when the release's head was held so, fit-image-score --figshare)")
     ca.add_argument("--precision", choices=["mixed_bfloat16"], default="mixed_bfloat16", help="precision to calibrate")
     ca.add_argument("--sensitivity", type=float, default=0.95, help="val sensitivity both thresholds keep (default 0.95)")
     ca.add_argument("--readme", help="README to render the updated model card into (between its card markers)")

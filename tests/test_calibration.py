@@ -187,6 +187,26 @@ def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
     assert res3["tumor_free"]["n_flagged_slices"] == len(flagged) < res3["tumor_free"]["n_flagged"]
 
 
+def test_calibrate_records_holds_more_tumor_records_from_green():
+    """no_green_records (the Figshare val slices): one without a detection at the operating point and a head
+    probability below the chosen threshold lowers it until the head flags that slice; the val figures stay."""
+    rng = np.random.default_rng(3)
+    f = 6
+    x = np.concatenate([rng.normal(1.0, 1.0, (200, f)), rng.normal(-1.0, 1.0, (200, f))])
+    head = fit(x, np.r_[np.ones(200), np.zeros(200)], confident_detection=0.9)
+    scans = [_record(f"t{i}", float(np.clip(0.5 + 0.02 * i, 0, 0.89)), rng.normal(1.3, 1.0, f), True) for i in range(40)]
+    free = [_record(f"n{i}", (0.3 + 0.01 * i) if i % 2 else None, rng.normal(-0.7, 1.0, f), False) for i in range(60)]
+    res, plain = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95)
+    weak = _record("1572.jpg", None, np.full(f, -0.5), True)  # no detection, a head probability below the threshold
+    assert head.probability(weak.image_features[None])[0] < plain.threshold
+    res2, held = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95, no_green_records=([weak],))
+    assert held.threshold < head.probability(weak.image_features[None])[0] < plain.threshold
+    assert res2["threshold"] == res["threshold"] and res2["segmentation"] == res["segmentation"]
+    sure = _record("1573.jpg", 0.95, np.full(f, -0.5), True)  # a confident detection flags it by itself
+    assert calibrate_records(scans, free, head, ["BG", "tumor"], 0.95, no_green_records=([sure],))[1].threshold == \
+        pytest.approx(plain.threshold)
+
+
 def test_calibrate_records_needs_features_and_an_operating_point():
     rng = np.random.default_rng(0)
     head = fit(rng.normal(size=(20, 3)), np.r_[np.ones(10), np.zeros(10)])

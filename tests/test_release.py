@@ -600,15 +600,17 @@ def test_the_card_keeps_the_figures_per_tumor_type(tmp_path):
                   "pituitary": {"n_images": 100, "dice_mean": 0.5631, "sensitivity_any": 0.93}}
 
 
-def _release_with_head(exported, tmp_path) -> tuple[Path, int]:
-    """The tiny release exported again into ``tmp_path/models`` with a random image-level head; (head file, features)."""
+def _release_with_head(exported, tmp_path, fit_record: dict | None = None) -> tuple[Path, int]:
+    """The tiny release exported again into ``tmp_path/models`` with a random image-level head (with ``fit_record`` as
+    its ``fit``); (head file, features)."""
     from braintumor.image_score import fit
 
     n_features = 4 * R.open_release(exported["head"]).config().TOP_DOWN_PYRAMID_SIZE  # avg + max of P4, P5
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, n_features))
     good = tmp_path / "score.json"
-    good.write_text(json.dumps(fit(x, (x[:, 0] > 0).astype(float)).to_dict()))
+    good.write_text(json.dumps({**fit(x, (x[:, 0] > 0).astype(float)).to_dict(),
+                                **({"fit": fit_record} if fit_record else {})}))
     R.export(exported["ckpt"], out=tmp_path / "models", image_score=str(good), equivalence_images=0,
              metrics=[str(exported["metrics"])], log=lambda *a: None)
     return R.find_releases(tmp_path / "models")[0], n_features
@@ -677,6 +679,50 @@ def test_calibrate_command_writes_the_card_and_refuses_what_it_cannot_do(exporte
     chosen = inference.load_predictor(head).precision
     assert chosen == ("mixed_bfloat16" if cal["accepted"] else "float32")
     R.open_release(head)  # the card still verifies the release
+
+
+def test_calibrate_holds_the_figshare_val_slices_when_the_release_head_was_held_so(exported, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A head fitted with ``fit-image-score --figshare --operating-point``: calibrate refuses in one line without
+    --figshare, and with it detects the Figshare val slices too and records their figures in the calibration."""
+    from pycocotools import mask as mask_utils
+
+    from braintumor.figshare import VAL_BLOCKS
+    from braintumor.mrcnn import precision as P
+
+    head, _ = _release_with_head(exported, tmp_path, {"no_green_sets": ["val", "figshare_val"], "no_green_at": 0.5})
+    free = tmp_path / "free"
+    free.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(6):
+        Image.fromarray((rng.random((SIZE, SIZE)) * 60).astype(np.uint8)).convert("RGB").save(free / f"no{i}.png")
+    fig = tmp_path / "figshare"
+    (fig / "images").mkdir(parents=True)
+    images, anns = [], []
+    for k, n in enumerate(range(VAL_BLOCKS[0][0], VAL_BLOCKS[0][0] + 3)):
+        image, mask = blob_image(SIZE, SIZE, [(20 + 4 * k, 20, 44, 48)])
+        Image.fromarray(image).save(fig / "images" / f"{n}.jpg")
+        rle = mask_utils.encode(np.asfortranarray(mask[..., 0].astype(np.uint8)))
+        images.append({"id": k + 1, "file_name": f"{n}.jpg", "width": SIZE, "height": SIZE})
+        anns.append({"id": k + 1, "image_id": k + 1, "category_id": k % 3 + 1, "iscrowd": 0, "area": int(mask.sum()),
+                     "segmentation": {"size": [SIZE, SIZE], "counts": rle["counts"].decode("ascii")}, "bbox": [20, 20, 28, 24]})
+    (fig / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 1, "name": "meningioma"}, {"id": 2, "name": "glioma"}, {"id": 3, "name": "pituitary"}]}))
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda cpuinfo=None: ["amx_bf16"])
+    args = ["calibrate", "--weights", str(head), "--data", str(exported["data"]), "--tumor-free", str(free)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Figshare val" in err and "--figshare" in err and "\n" not in err
+    import braintumor.calibrate as C
+
+    held, original = [], C.calibrate_records
+    monkeypatch.setattr(C, "calibrate_records", lambda *a, **kw: held.append(kw.get("no_green_records")) or original(*a, **kw))
+    assert main(args + ["--figshare", str(fig)]) == 0
+    assert [[r.name for r in rs] for rs in held[0]] == [[f"{n}.jpg" for n in range(VAL_BLOCKS[0][0], VAL_BLOCKS[0][0] + 3)]]
+    cal = json.loads(R.card_path(head).read_text())["calibrations"]["mixed_bfloat16"]
+    assert cal["figshare_val"]["n_images"] == 3 and "--figshare" in cal["command"]
+    green = cal["figshare_val"]["image_rule"]["verdicts"]["no_tumor"]["tumor_images"]
+    assert green == 0, "the head's threshold is chosen so that no Figshare val slice is green"
 
 
 def test_the_card_counts_the_tumor_free_share_of_a_multi_source_run():
