@@ -89,7 +89,14 @@ def test_the_card_says_which_precision_the_release_computes_in():
     val = {"dice_mean": 0.75, "mask_map50": 0.83, "image_rule": {"sensitivity": 0.95, "specificity": 0.93}}
     ok = {"calibrations": {"mixed_bfloat16": _entry(val=val, float32_val=REFERENCE, created="2026-12-02T00:00:00Z")}}
     text = "\n".join(render_lines(ok))
-    assert "`mixed_bfloat16` on CPUs with bfloat16" in text and "0.520" in text and "0.930 (0.951 / 0.931)" in text
+    assert "`mixed_bfloat16` on CPUs with the bfloat16 flags" in text and "0.520" in text and "0.930 (0.951 / 0.931)" in text
+    fig = {"n_images": 298, "dice_mean": 0.6306, "image_rule": {"sensitivity": 0.9933, "verdicts": {
+        "no_tumor": {"tumor_images": 0}}}}
+    held = {"calibrations": {"mixed_bfloat16": _entry(val=val, float32_val=REFERENCE, figshare_val=fig,
+                                                      measured_on={"bf16_flags": ["avx512_bf16", "amx_bf16"]})}}
+    text = "\n".join(render_lines(held))
+    assert "flags it was calibrated on (avx512_bf16, amx_bf16" in text
+    assert 'Figshare val (298) Dice 0.631, rule sensitivity 0.993, 0 called "no tumor"' in text
     no = {"calibrations": {"mixed_bfloat16": _entry(False, why_not=["rule specificity 0.902 against 0.931"], val=val)}}
     text = "\n".join(render_lines(no))
     assert "float32 everywhere" in text and "NOT accepted (rule specificity 0.902" in text

@@ -123,8 +123,16 @@ def render_lines(card: dict[str, Any]) -> list[str]:
                    f"{f(new.get('mask_map50'))} ({f(ref.get('mask_map50'))}), rule sensitivity / specificity "
                    f"{f(new.get('rule_sensitivity'))} / {f(new.get('rule_specificity'))} "
                    f"({f(ref.get('rule_sensitivity'))} / {f(ref.get('rule_specificity'))})")
+        fig = e.get("figshare_val") if isinstance(e.get("figshare_val"), dict) else None
+        if fig:
+            rule = fig.get("image_rule") or {}
+            green = ((rule.get("verdicts") or {}).get("no_tumor") or {}).get("tumor_images")
+            figures += (f"; Figshare val ({fig.get('n_images')}) Dice {f(fig.get('dice_mean'))}, rule sensitivity "
+                        f"{f(rule.get('sensitivity'))}, {green if green is not None else '—'} called \"no tumor\"")
+        flags = ", ".join((e.get("measured_on") or {}).get("bf16_flags") or [])
         if e.get("accepted"):
-            lines.append(f"Inference precision: float32, and `{precision}` on CPUs with bfloat16 (`braintumor calibrate`, "
+            lines.append(f"Inference precision: float32, and `{precision}` on CPUs with the bfloat16 flags it was "
+                         f"calibrated on ({flags or 'bfloat16'}; `braintumor calibrate`, "
                          f"{e.get('created', '')[:10]}), with its own operating point {f(e.get('operating_point'))} and head "
                          f"threshold {f(e.get('image_score_threshold'))}: {figures}. `--precision float32` (or "
                          f"`BRAINTUMOR_PRECISION=float32`) gives float32 everywhere.")
