@@ -163,14 +163,19 @@ def _record(name: str, score: float | None, features: np.ndarray, tumor: bool) -
                        image_features=features.astype(np.float32))
 
 
-def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
+def _shifted(f: int = 6):
+    """A head fitted on float32-like features, and 40 tumor scans and 60 tumor-free records whose detections and
+    features are shifted up, as bfloat16 moved them: ``(head, scans, free)``."""
     rng = np.random.default_rng(3)
-    f = 6
     x = np.concatenate([rng.normal(1.0, 1.0, (200, f)), rng.normal(-1.0, 1.0, (200, f))])
     head = fit(x, np.r_[np.ones(200), np.zeros(200)], confident_detection=0.9)
-    # the "bfloat16" scores: every tumor scan's detection and features shifted up, as bfloat16 moved them
     scans = [_record(f"t{i}", float(np.clip(0.5 + 0.02 * i, 0, 0.89)), rng.normal(1.3, 1.0, f), True) for i in range(40)]
     free = [_record(f"n{i}", (0.3 + 0.01 * i) if i % 2 else None, rng.normal(-0.7, 1.0, f), False) for i in range(60)]
+    return head, scans, free
+
+
+def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
+    head, scans, free = _shifted()
     res, new_head = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95)
     assert res["threshold_from"] == "operating point"
     op = res["threshold"]
@@ -197,12 +202,8 @@ def test_calibrate_records_keeps_both_sensitivities_on_shifted_scores():
 def test_calibrate_records_holds_more_tumor_records_from_green():
     """no_green_records (the Figshare val slices): one without a detection at the operating point and a head
     probability below the chosen threshold lowers it until the head flags that slice; the val figures stay."""
-    rng = np.random.default_rng(3)
     f = 6
-    x = np.concatenate([rng.normal(1.0, 1.0, (200, f)), rng.normal(-1.0, 1.0, (200, f))])
-    head = fit(x, np.r_[np.ones(200), np.zeros(200)], confident_detection=0.9)
-    scans = [_record(f"t{i}", float(np.clip(0.5 + 0.02 * i, 0, 0.89)), rng.normal(1.3, 1.0, f), True) for i in range(40)]
-    free = [_record(f"n{i}", (0.3 + 0.01 * i) if i % 2 else None, rng.normal(-0.7, 1.0, f), False) for i in range(60)]
+    head, scans, free = _shifted(f)
     res, plain = calibrate_records(scans, free, head, ["BG", "tumor"], 0.95)
     weak = _record("1572.jpg", None, np.full(f, -0.5), True)  # no detection, a head probability below the threshold
     assert head.probability(weak.image_features[None])[0] < plain.threshold
