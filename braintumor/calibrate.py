@@ -121,7 +121,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
     from braintumor.inference import Predictor, resolve_weights
     from braintumor.mrcnn.precision import BF16_FLAGS, cpu_bf16_flags
     from braintumor.release import is_release, metrics_summary, open_release
-    from braintumor.release.calibration import judge, val_figures, write_calibration
+    from braintumor.release.calibration import green_on_tumors, judge, val_figures, write_calibration
     from braintumor.tumor_free import load_tumor_free
 
     if not cpu_bf16_flags(cpuinfo):
@@ -179,7 +179,7 @@ def calibrate_release(weights: str | Path | None, data: Path, split: str, tumor_
                                record_groups(fig_records, fig_val), fp32.DETECTION_FLAGGED_MIN_CONFIDENCE)
         fig["dataset"]["label"], fig["weights"], fig["precision"] = "figshare val", path.name, precision
         fig_summary = metrics_summary(fig, source=f"braintumor calibrate ({precision}), Figshare val")
-        green = ((fig.get("image_rule") or {}).get("verdicts") or {}).get("no_tumor", {}).get("tumor_images")
+        green = green_on_tumors(fig.get("image_rule"))
         if green:
             why.append(f"{green} Figshare val slice(s) called 'no tumor'")
     det = times + more + fig_times

@@ -111,6 +111,11 @@ def write_calibration(head: str | os.PathLike, precision: str, entry: dict[str, 
     return cp
 
 
+def green_on_tumors(image_rule: dict[str, Any] | None) -> int | None:
+    """Tumor images an ``image_rule`` summary (``evaluate``'s) calls "no tumor"; None when it does not say."""
+    return (((image_rule or {}).get("verdicts") or {}).get("no_tumor") or {}).get("tumor_images")
+
+
 def render_lines(card: dict[str, Any]) -> list[str]:
     """Markdown lines for the card's calibrations (none when it has none)."""
     lines = []
@@ -126,7 +131,7 @@ def render_lines(card: dict[str, Any]) -> list[str]:
         fig = e.get("figshare_val") if isinstance(e.get("figshare_val"), dict) else None
         if fig:
             rule = fig.get("image_rule") or {}
-            green = ((rule.get("verdicts") or {}).get("no_tumor") or {}).get("tumor_images")
+            green = green_on_tumors(rule)
             figures += (f"; Figshare val ({fig.get('n_images')}) Dice {f(fig.get('dice_mean'))}, rule sensitivity "
                         f"{f(rule.get('sensitivity'))}, {green if green is not None else '—'} called \"no tumor\"")
         flags = ", ".join((e.get("measured_on") or {}).get("bf16_flags") or [])
