@@ -713,6 +713,9 @@ def test_calibrate_holds_the_figshare_val_slices_when_the_release_head_was_held_
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "Figshare val" in err and "--figshare" in err and "\n" not in err
+    assert main(args + ["--figshare", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and "not a folder (--figshare)" in err and "\n" not in err
     import braintumor.calibrate as C
 
     held, original = [], C.calibrate_records
