@@ -68,6 +68,10 @@ _SETTINGS: dict[str, tuple[Any, str]] = {
     "LEARNING_MOMENTUM": (0.9, "SGD momentum"),
     "WEIGHT_DECAY": (0.0001, "L2 weight decay on conv/dense kernels"),
     "GRADIENT_CLIP_NORM": (5.0, "clip gradients to this global norm"),
+    "GRADIENT_ACCUMULATION_STEPS": (1, "average the gradients of this many steps and take one optimizer step on "
+                                       "their mean (an effective batch of this many x BATCH_SIZE; 1 = a step "
+                                       "per batch). STEPS_PER_EPOCH counts batches and must be a multiple; "
+                                       "WARMUP_STEPS and the cosine count batches too; the clip applies to the mean"),
     "WARMUP_STEPS": (0, "linear learning-rate warm-up steps at the start of training"),
     "LR_DECAY": ("none", "learning-rate decay over the run: none or cosine"),
     "LOSS_WEIGHTS": (
@@ -313,6 +317,11 @@ class Config:
         _unit("RPN_NMS_THRESHOLD", self.RPN_NMS_THRESHOLD)
         _unit("TUMOR_FREE_FRACTION", self.TUMOR_FREE_FRACTION, 0.0, 0.9)
         _unit("GRADIENT_CLIP_NORM", self.GRADIENT_CLIP_NORM, 0.0, 1e6)
+        _positive_int("GRADIENT_ACCUMULATION_STEPS", self.GRADIENT_ACCUMULATION_STEPS)
+        if self.STEPS_PER_EPOCH % self.GRADIENT_ACCUMULATION_STEPS:
+            raise ConfigError(f"STEPS_PER_EPOCH ({self.STEPS_PER_EPOCH}) must be a multiple of "
+                              f"GRADIENT_ACCUMULATION_STEPS ({self.GRADIENT_ACCUMULATION_STEPS}): an epoch ends on "
+                              "an optimizer step, so no accumulated gradient is left over at a checkpoint")
         if not isinstance(self.WARMUP_STEPS, int) or self.WARMUP_STEPS < 0:
             raise ConfigError(f"WARMUP_STEPS must be a non-negative integer, got {self.WARMUP_STEPS!r}")
         if isinstance(self.MIN_STEPS_FOR_READING, bool) or not isinstance(self.MIN_STEPS_FOR_READING, int) or self.MIN_STEPS_FOR_READING < 0:

@@ -73,6 +73,8 @@ def test_unknown_key_names_file_and_key(tmp_path):
     ("MASK_SHAPE", [14, 14], "MASK_SHAPE"),
     ("LEARNING_RATE", -1, "LEARNING_RATE"),
     ("SCHEDULE", [{"epochs": 2, "layers": "heads"}], "SCHEDULE"),
+    ("GRADIENT_ACCUMULATION_STEPS", 0, "GRADIENT_ACCUMULATION_STEPS"),
+    ("GRADIENT_ACCUMULATION_STEPS", 3, r"STEPS_PER_EPOCH \(100\) must be a multiple"),
 ])
 def test_impossible_values_are_rejected(key, value, needle):
     with pytest.raises(ConfigError, match=needle):

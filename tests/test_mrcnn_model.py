@@ -288,6 +288,10 @@ def test_warmup_cosine_schedule():
     assert lr[4] < 1e-3 and lr[5] == pytest.approx(0.0, abs=1e-9)
     resumed = WarmupCosine(0.1, offset=50, warmup=10, total=100, cosine=True)
     assert float(resumed(0)) == pytest.approx(0.05, rel=1e-5)  # continues the run's curve
+    # with 4 batches to an optimizer step, step k is batch 4k of the same curve
+    acc = WarmupCosine(0.1, offset=20, warmup=10, total=100, cosine=True, batches_per_step=4)
+    np.testing.assert_allclose([float(acc(k)) for k in (0, 1, 5, 20)], [float(s(20 + 4 * k)) for k in (0, 1, 5, 20)],
+                               rtol=1e-6)
 
 
 def test_groupnorm_trains_with_its_layer_group_whatever_train_bn(tmp_path):
@@ -379,3 +383,35 @@ def test_train_step_logs_the_gradient_norm_before_the_clip_and_the_clipped_share
     assert moved == pytest.approx(0.01 * logs["grad_norm"], rel=0.02)  # unclipped: lr x the logged norm
     val = km.test_on_batch(x, return_dict=True)
     assert "grad_norm" not in val and "clipped" not in val and np.isfinite(val["loss"])
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_takes_one_step_on_the_mean_of_k_batches(tmp_path):
+    """GRADIENT_ACCUMULATION_STEPS = 3: the first two batches leave the weights alone and add their gradients
+    (of the norm each logs) to the accumulator; the third moves the weights by lr x the mean of the three
+    (no momentum, no clip), the optimizer has taken one step and the accumulator is empty again."""
+    cfg = tiny_config(GRADIENT_CLIP_NORM=0.0, WEIGHT_DECAY=0.0, GRADIENT_ACCUMULATION_STEPS=3, STEPS_PER_EPOCH=3)
+    m = MaskRCNN("training", cfg, tmp_path)
+    km = m.keras_model
+    m.set_trainable("all")
+    m.compile(0.01, momentum=0.0)
+    opt = km.optimizer
+
+    def norm(arrays):
+        return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+
+    w0 = [np.array(v, np.float64) for v in km.trainable_variables]
+    acc = None
+    for i in range(3):
+        logs = km.train_on_batch(_batch(blob_dataset(3), cfg, [i]), return_dict=True)
+        if i < 2:
+            assert all(np.array_equal(np.array(v, np.float64), w) for v, w in zip(km.trainable_variables, w0))
+            now = [np.array(g, np.float64) for g in opt._accumulated_gradients]
+            added = now if acc is None else [n - a for n, a in zip(now, acc)]
+            assert norm(added) == pytest.approx(logs["grad_norm"], rel=1e-3)  # this batch's gradient
+            acc = now
+    assert int(opt.iterations) == 1
+    step = [np.array(v, np.float64) - w for v, w in zip(km.trainable_variables, w0)]
+    g3 = [-3.0 * d / 0.01 - a for d, a in zip(step, acc)]  # step = -lr (g1 + g2 + g3) / 3
+    assert norm(g3) == pytest.approx(logs["grad_norm"], rel=0.02)  # what is left is the third batch's gradient
+    assert all(not np.any(np.array(g)) for g in opt._accumulated_gradients)

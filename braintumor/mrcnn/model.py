@@ -142,7 +142,8 @@ class MaskRCNNTrainModel(keras.Model):
     also ``grad_norm``, the global norm of the gradient before the clip, and ``clipped``, the
     share of steps the clip shortened (0 without a clip): a step is taken at
     ``min(1, GRADIENT_CLIP_NORM / grad_norm)`` of the learning rate (under ``tf.distribute``: each
-    replica's gradient of its share of the loss).
+    replica's gradient of its share of the loss). With ``GRADIENT_ACCUMULATION_STEPS`` > 1 both are of
+    each batch's gradient, while the clip applies to the mean of the accumulated ones.
     """
 
     TRAIN_ONLY = ("grad_norm", "clipped")
@@ -262,14 +263,17 @@ def build_training_model(config: Config) -> MaskRCNNTrainModel:
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """``lr`` with linear warm-up over the first ``warmup`` global steps and optional
-    cosine decay to 0 at ``total`` global steps; ``offset`` = global step at optimizer step 0."""
+    """``lr`` with linear warm-up over the first ``warmup`` batches and optional cosine decay to 0 at
+    ``total`` batches; ``offset`` = batches done before optimizer step 0. The optimizer calls it with its
+    step count; each step takes ``batches_per_step`` batches (``GRADIENT_ACCUMULATION_STEPS``), so the
+    schedule reads the same in batches with or without accumulation."""
 
-    def __init__(self, lr, offset=0, warmup=0, total=0, cosine=False):
+    def __init__(self, lr, offset=0, warmup=0, total=0, cosine=False, batches_per_step=1):
         self.lr, self.offset, self.warmup, self.total, self.cosine = float(lr), int(offset), int(warmup), int(total), bool(cosine)
+        self.batches_per_step = int(batches_per_step)
 
     def __call__(self, step):
-        s = ops.cast(step, "float32") + float(self.offset)
+        s = ops.cast(step, "float32") * float(self.batches_per_step) + float(self.offset)
         lr = ops.convert_to_tensor(self.lr)
         if self.warmup > 0:
             lr = lr * ops.minimum(1.0, (s + 1.0) / float(self.warmup))
@@ -278,7 +282,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {"lr": self.lr, "offset": self.offset, "warmup": self.warmup, "total": self.total, "cosine": self.cosine}
+        return {"lr": self.lr, "offset": self.offset, "warmup": self.warmup, "total": self.total, "cosine": self.cosine,
+                "batches_per_step": self.batches_per_step}
 
 
 OPTIMIZER_STATE = "optimizer_state.npz"  # in the run folder: the SGD momentum after the newest checkpoint
@@ -483,14 +488,18 @@ class MaskRCNN:
         visit(self.keras_model)
 
     def compile(self, learning_rate, momentum=None, total_epochs=None, start_epoch=0):
-        """(Re)create the SGD optimizer and compile the training model."""
+        """(Re)create the SGD optimizer and compile the training model. With ``GRADIENT_ACCUMULATION_STEPS``
+        = k > 1 the optimizer (Keras' own ``gradient_accumulation_steps``) takes one step every k batches
+        on their mean gradient, clipped to ``GRADIENT_CLIP_NORM``; the schedule still counts batches."""
         c = self.config
+        k = int(c.GRADIENT_ACCUMULATION_STEPS)
         schedule = WarmupCosine(learning_rate, offset=start_epoch * c.STEPS_PER_EPOCH,
                                 warmup=c.WARMUP_STEPS, total=(total_epochs or c.EPOCHS) * c.STEPS_PER_EPOCH,
-                                cosine=c.LR_DECAY == "cosine")
+                                cosine=c.LR_DECAY == "cosine", batches_per_step=k)
         lr = schedule if (c.WARMUP_STEPS or c.LR_DECAY == "cosine") else float(learning_rate)
         opt = keras.optimizers.SGD(learning_rate=lr, momentum=c.LEARNING_MOMENTUM if momentum is None else momentum,
-                                   global_clipnorm=c.GRADIENT_CLIP_NORM or None)
+                                   global_clipnorm=c.GRADIENT_CLIP_NORM or None,
+                                   gradient_accumulation_steps=k if k > 1 else None)
         self.keras_model.compile(optimizer=opt, jit_compile=False)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
