@@ -264,16 +264,15 @@ def build_training_model(config: Config) -> MaskRCNNTrainModel:
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """``lr`` with linear warm-up over the first ``warmup`` batches and optional cosine decay to 0 at
-    ``total`` batches; ``offset`` = batches done before optimizer step 0. The optimizer calls it with its
-    step count; each step takes ``batches_per_step`` batches (``GRADIENT_ACCUMULATION_STEPS``), so the
-    schedule reads the same in batches with or without accumulation."""
+    ``total`` batches; ``offset`` = batches done before the optimizer's first. Keras calls a schedule with
+    the batches the optimizer has seen (with gradient accumulation too, where it steps every k of them), so
+    the curve reads in batches either way."""
 
-    def __init__(self, lr, offset=0, warmup=0, total=0, cosine=False, batches_per_step=1):
+    def __init__(self, lr, offset=0, warmup=0, total=0, cosine=False):
         self.lr, self.offset, self.warmup, self.total, self.cosine = float(lr), int(offset), int(warmup), int(total), bool(cosine)
-        self.batches_per_step = int(batches_per_step)
 
     def __call__(self, step):
-        s = ops.cast(step, "float32") * float(self.batches_per_step) + float(self.offset)
+        s = ops.cast(step, "float32") + float(self.offset)
         lr = ops.convert_to_tensor(self.lr)
         if self.warmup > 0:
             lr = lr * ops.minimum(1.0, (s + 1.0) / float(self.warmup))
@@ -282,8 +281,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {"lr": self.lr, "offset": self.offset, "warmup": self.warmup, "total": self.total, "cosine": self.cosine,
-                "batches_per_step": self.batches_per_step}
+        return {"lr": self.lr, "offset": self.offset, "warmup": self.warmup, "total": self.total, "cosine": self.cosine}
 
 
 OPTIMIZER_STATE = "optimizer_state.npz"  # in the run folder: the SGD momentum after the newest checkpoint
@@ -495,7 +493,7 @@ class MaskRCNN:
         k = int(c.GRADIENT_ACCUMULATION_STEPS)
         schedule = WarmupCosine(learning_rate, offset=start_epoch * c.STEPS_PER_EPOCH,
                                 warmup=c.WARMUP_STEPS, total=(total_epochs or c.EPOCHS) * c.STEPS_PER_EPOCH,
-                                cosine=c.LR_DECAY == "cosine", batches_per_step=k)
+                                cosine=c.LR_DECAY == "cosine")
         lr = schedule if (c.WARMUP_STEPS or c.LR_DECAY == "cosine") else float(learning_rate)
         opt = keras.optimizers.SGD(learning_rate=lr, momentum=c.LEARNING_MOMENTUM if momentum is None else momentum,
                                    global_clipnorm=c.GRADIENT_CLIP_NORM or None,
