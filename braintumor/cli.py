@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], help=PRECISION_HELP)
     ev.add_argument("--source-probe", choices=["window"],
                     help="shortcut probe: window: brighten every image to the tumor-free Br35H slices' grey levels")
+    ev.add_argument("--window-p99", type=float, metavar="GREY",
+                    help="with --source-probe window: the 99th grey percentile every image is scaled to "
+                         "(default 213, Br35H's; 165, the tumor scans', normalises every image to one windowing)")
 
     de = sub.add_parser("detect", help="detect tumors in image files (JPEG, PNG, DICOM); writes overlays and JSON")
     de.add_argument("images", nargs="+", help="image files")

@@ -77,16 +77,19 @@ def rewindow_like_br35h(image: np.ndarray, target_p99: float = BR35H_P99) -> np.
 class WindowProbePredictor:
     """Wraps a predictor; every image is passed through :func:`rewindow_like_br35h` first
     (``braintumor evaluate --source-probe window``): a model that learned "Br35H's brightness
-    means no tumor" loses sensitivity on val shown with Br35H's windowing."""
+    means no tumor" loses sensitivity on val shown with Br35H's windowing. ``target_p99``
+    (``--window-p99``) moves the target: at 165, the tumor scans' mean, every image, tumor-free
+    ones included, is brought to one windowing (a per-image grey normalisation)."""
 
-    def __init__(self, predictor):
+    def __init__(self, predictor, target_p99: float = BR35H_P99):
         self.inner = predictor
+        self.target_p99 = float(target_p99)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def detect(self, images):
-        return self.inner.detect([rewindow_like_br35h(im) for im in images])
+        return self.inner.detect([rewindow_like_br35h(im, self.target_p99) for im in images])
 
 
 class SourceSizePredictor:
@@ -449,7 +452,9 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
     speed = results.get("speed", {})
     source = [("images shrunk to (longer side)", f"{d['source_size']} px and back")] if d.get("source_size") else []
     if d.get("source_probe") == "window":
-        source.append(("images re-windowed", f"99th grey percentile -> {BR35H_P99:.0f} (Br35H's)"))
+        p99 = float(d.get("window_p99", BR35H_P99))
+        source.append(("images re-windowed",
+                       f"99th grey percentile -> {p99:.0f}" + (" (Br35H's)" if p99 == BR35H_P99 else "")))
     if results.get("kind") == "folder":
         rows = [("images", _fmt(d["n_images"])), ("confidence threshold", _fmt(t, 2)),
                 ("images with a detection", f"{results['n_flagged']} ({results['flagged_fraction']:.1%})"),
@@ -800,11 +805,19 @@ def cli_evaluate(args) -> int:
             raise BrainTumorError(f"--source-size must be at least 16 pixels, got {source_size}")
         predictor = SourceSizePredictor(predictor, source_size)
     window = getattr(args, "source_probe", None) == "window"
+    window_p99 = getattr(args, "window_p99", None)
+    if window_p99 is not None and not window:
+        raise BrainTumorError("--window-p99 needs --source-probe window")
+    window_p99 = BR35H_P99 if window_p99 is None else float(window_p99)
+    if not 1 <= window_p99 <= 255:
+        raise BrainTumorError(f"--window-p99 must be a grey level from 1 to 255, got {window_p99:g}")
     if window:
-        predictor = WindowProbePredictor(predictor)
+        predictor = WindowProbePredictor(predictor, window_p99)
     # a Figshare folder's split gets its own default report folder: never the thesis split's of the same name
     source = f"{folder.name}_" if not args.images and is_figshare_folder(folder) else ""
-    suffix = (f"_at{source_size}px" if source_size else "") + ("_window" if window else "") + ("_flip" if flip else "")
+    suffix = ((f"_at{source_size}px" if source_size else "")
+              + (("_window" + (f"{window_p99:g}" if window_p99 != BR35H_P99 else "")) if window else "")
+              + ("_flip" if flip else ""))
     if args.out:
         out_dir = Path(args.out)
     elif _is_release(predictor.weights_path):  # a release's report goes to out/, never into models/
@@ -815,7 +828,8 @@ def cli_evaluate(args) -> int:
     print(f"evaluating {predictor.weights_path} on {label} ({len(dataset)} images"
           + (f" + {len(free)} tumor-free" if free is not None else "") + f"), threshold {threshold:.2f}"
           + (f", every image shrunk to {source_size} px and back" if source_size else "")
-          + (", every image re-windowed like Br35H" if window else "")
+          + ((", every image re-windowed like Br35H" if window_p99 == BR35H_P99
+              else f", every image re-windowed to 99th grey percentile {window_p99:g}") if window else "")
           + (", with its mirror image (test-time flip)" if flip else "")
           + (f", outlines at mask probability {mask_threshold:g}" if mask_threshold != 0.5 else "")
           + ("; then reported at its operating point" if at_op else "")
@@ -846,6 +860,7 @@ def cli_evaluate(args) -> int:
         results["dataset"]["source_size"] = int(source_size)
     if window:
         results["dataset"]["source_probe"] = "window"
+        results["dataset"]["window_p99"] = window_p99
     results["test_time_flip"] = flip
     results["mask_threshold"] = mask_threshold
     written = write_report(results, None, out_dir)

@@ -405,13 +405,32 @@ def test_cli_evaluate_window_probe_wraps_the_predictor_and_says_so(fake_stack, m
 
     tmp, run, _ = fake_stack
     seen = []  # the fake predictor keys its answers on pixel values: record, pass through unchanged
-    monkeypatch.setattr(E, "rewindow_like_br35h", lambda im: seen.append(im.shape) or im)
+    monkeypatch.setattr(E, "rewindow_like_br35h", lambda im, p99: seen.append(p99) or im)
     rc = main(["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--tumor-free", str(tmp / "free"),
                "--source-probe", "window"])
-    assert rc == 0 and len(seen) == 7  # 3 val + 4 tumor-free images, every one through the probe
+    assert rc == 0 and seen == [E.BR35H_P99] * 7  # 3 val + 4 tumor-free images, every one through the probe
     m = json.loads((run / "eval_val_window" / "metrics.json").read_text())
-    assert m["dataset"]["source_probe"] == "window"
-    assert "images re-windowed" in capsys.readouterr().out
+    assert m["dataset"]["source_probe"] == "window" and m["dataset"]["window_p99"] == E.BR35H_P99
+    assert "99th grey percentile -> 213 (Br35H's)" in capsys.readouterr().out
+
+
+def test_cli_evaluate_window_p99_moves_the_probes_target(fake_stack, monkeypatch, capsys):
+    from braintumor.cli import main
+
+    tmp, run, _ = fake_stack
+    seen = []
+    monkeypatch.setattr(E, "rewindow_like_br35h", lambda im, p99: seen.append(p99) or im)
+    args = ["evaluate", "--weights", "x.h5", "--data", str(tmp / "data"), "--tumor-free", str(tmp / "free")]
+    assert main(args + ["--source-probe", "window", "--window-p99", "165"]) == 0
+    assert seen == [165.0] * 7
+    m = json.loads((run / "eval_val_window165" / "metrics.json").read_text())  # beside, not over, the Br35H probe's
+    assert m["dataset"]["window_p99"] == 165.0
+    assert "99th grey percentile -> 165\n" in capsys.readouterr().out
+    assert main(args + ["--window-p99", "165"]) == 2  # only with the probe
+    assert main(args + ["--source-probe", "window", "--window-p99", "300"]) == 2
+    err = capsys.readouterr().err
+    assert "--window-p99 needs --source-probe window" in err and "got 300" in err
+    assert seen == [165.0] * 7  # neither refused run detected anything
 
 
 # --------------------------------------------------------------------------- real data
