@@ -470,5 +470,5 @@ def fit_scorer(crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, epoc
     steps = max(1, epochs * int(np.ceil(len(y) / batch)))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
                   loss="binary_crossentropy", weighted_metrics=["AUC"])
-    model.fit(ds, epochs=epochs, verbose=verbose)
+    model.fit(ds, epochs=epochs, verbose=verbose, shuffle=False)  # ``ds`` reshuffles itself every epoch
     return model
