@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     rows = list(zip(dets, probs))
     report = []
     for a in (float(x) for x in args.weights_grid.split(",")):
-        row = figures(rows, replace(rs, weight=a, _fn=None), secondary, head)
+        row = figures(rows, rs.with_weight(a), secondary, head)
         report.append(row)
         print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
