@@ -34,7 +34,6 @@ import json
 import pickle
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +266,7 @@ def main(argv=None) -> int:
     weights = Path(args.weights) if args.weights else default_release()
     scorers = [load_region_score(f) for f in args.region_score]
     if args.detector_floor is not None:
-        scorers[0] = replace(scorers[0], detector_floor=args.detector_floor, _fn=None)
+        scorers[0] = scorers[0].with_settings(detector_floor=args.detector_floor)
     rs = scorers[0]  # its floor is the pass's; its weight is swept
     config, head = model_settings(weights, args.image_score)
     secondary = float(config.DETECTION_SECONDARY_MIN_CONFIDENCE)
@@ -280,7 +279,7 @@ def main(argv=None) -> int:
     rows = list(zip(dets, probs))
     report = []
     for a in (float(x) for x in args.weights_grid.split(",")):
-        row = figures(rows, rs.with_weight(a), secondary, head)
+        row = figures(rows, rs.with_settings(weight=a), secondary, head)
         report.append(row)
         print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"

@@ -194,6 +194,12 @@ class _Rescoring:
                 "scores": combined[order], "masks": np.asarray(result["masks"])[:, :, order],
                 "detector_scores": det[order], "region_scores": region[order]}
 
+    def with_settings(self, weight: float | None = None, detector_floor: float | None = None):
+        """A copy with ``weight`` and/or ``detector_floor`` changed (checked as at construction); the scorer
+        models, and a scorer's compiled call, are shared."""
+        changes = {k: float(v) for k, v in (("weight", weight), ("detector_floor", detector_floor)) if v is not None}
+        return replace(self, **changes)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` atomically (a temporary file, then renamed)."""
         import h5py
@@ -277,8 +283,6 @@ class RegionScore(_Rescoring):
             w.create_dataset(f"{i:03d}", data=np.asarray(v, np.float32))
         group.create_dataset("fit.json", data=np.frombuffer(json.dumps(self.fit).encode("utf-8"), np.uint8))
 
-    def with_weight(self, weight: float) -> "RegionScore":
-        return replace(self, weight=float(weight), _fn=self._fn)
 
 
 @dataclass
@@ -326,9 +330,6 @@ class RegionScoreSet(_Rescoring):
         for i, m in enumerate(self.members):
             m.to_h5(group.create_group(f"member_{i:03d}"))
 
-    def with_weight(self, weight: float) -> "RegionScoreSet":
-        return replace(self, weight=float(weight))
-
 
 def kept_order(scores: np.ndarray, floor: float, secondary: float = 0.0) -> np.ndarray:
     """Indices of the regions :meth:`RegionScore.rescore` keeps, highest ``scores [N]`` first: those at least
@@ -361,7 +362,7 @@ def chosen(path=None, weight: float | None = None, fallback=None):
     if weight is not None:
         if scorer is None:
             raise BrainTumorError("--region-weight needs a region scorer (--region-score, or a release with one)")
-        scorer = scorer.with_weight(weight)
+        scorer = scorer.with_settings(weight=weight)
     return scorer
 
 

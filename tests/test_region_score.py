@@ -271,11 +271,27 @@ def test_a_set_scores_each_region_by_its_members_own_crops_then_combines(monkeyp
     np.testing.assert_allclose(s.score_regions(res, molded, infos[0]), np.sqrt(pa * pb), rtol=1e-5)
     monkeypatch.setattr(R.RegionScore, "score_regions", lambda self, r, m, i: np.array([0.16, 0.81], np.float32)
                         if self is a else np.array([1.0, 0.81], np.float32))
-    out = s.with_weight(0.5).rescore(res, image, tiny_config(), floor=0.0)
+    out = s.with_settings(weight=0.5).rescore(res, image, tiny_config(), floor=0.0)
     np.testing.assert_allclose(out["region_scores"], [0.81, 0.4], atol=1e-6)     # sqrt(.81 x .81), sqrt(.16 x 1)
     np.testing.assert_allclose(out["scores"], [np.sqrt(0.7 * 0.81), np.sqrt(0.5 * 0.4)], atol=1e-6)
     with pytest.raises(BrainTumorError, match="two or more scorers"):
         R.RegionScoreSet((a,))
+
+
+def test_with_settings_changes_weight_or_floor_of_a_scorer_and_a_set_alike_and_checks_them():
+    """The sweep changes the floor and weight of whatever file it was given: one scorer or a set (a set once
+    crashed it). Unnamed settings stay; out-of-range ones are the construction's one-line errors."""
+    a, b = _scorer(0.3, detector_floor=0.05), _scorer(0.7, detector_floor=0.2)
+    for s in (a, R.RegionScoreSet((a, b))):
+        f = s.with_settings(detector_floor=0.1)
+        assert type(f) is type(s) and (f.weight, f.detector_floor) == (0.3, 0.1)
+        w = s.with_settings(weight=0.6)
+        assert (w.weight, w.detector_floor) == (0.6, 0.05) and (s.weight, s.detector_floor) == (0.3, 0.05)
+        with pytest.raises(BrainTumorError, match="detector_floor must be in"):
+            s.with_settings(detector_floor=1.0)
+        with pytest.raises(BrainTumorError, match="weight must be in"):
+            s.with_settings(weight=-0.1)
+    assert a.with_settings(weight=0.6).model is a.model
 
 
 def test_a_set_round_trips_through_its_file_and_chosen_builds_it_from_repeated_paths(tmp_path):
