@@ -210,7 +210,9 @@ def main(argv=None) -> int:
         mixes += [tuple(float(v) for v in pair.split(":")) for pair in args.pairs.split(",")]
     for a, b in mixes:
         combined = [mixed(rec.scores, p, q, a, b) for (_, _, _, rec), p, q in zip(val_rows, beside, per_image)]
-        row = {"scorer_weight": a, "ranker_weight": b, **S.figures(list(zip(val_rows, combined)), Given, secondary, head)}
+        by = S.by_kind(list(zip(val_rows, combined)), Given, secondary)
+        how, op = S.operating_points(by)[0]  # chosen on the thesis val set, as evaluate chooses it
+        row = {"scorer_weight": a, "ranker_weight": b, **S.figures(by, Given.weight, how, op, head)}
         row.pop("weight")
         row["top_on_tumor"] = top_on_tumor(val_rows, combined)
         report["rows"].append(row)

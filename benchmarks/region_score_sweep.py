@@ -5,14 +5,18 @@ slices), the detection layer down to the scorer's ``detector_floor`` with every 
 region gets its :class:`braintumor.region_score.RegionScore` probability. Then, for every ``weight`` asked
 for, the regions are re-scored as ``detect()`` would (``RegionScore.rescore``'s rule: the combined score,
 the best region plus others >= ``DETECTION_SECONDARY_MIN_CONFIDENCE``) and reported like ``after_nms`` of
-``crop_rescore_probe.py``: the operating point chosen as ``evaluate`` chooses it (thesis val scans and the
-held-out tumor-free slices), tumor-free slices at or above it, Dice per set at it, thesis mask mAP@0.5,
-and the image-level rule (the release's head, confident detection on the combined score) with the head's
-threshold re-chosen for that ranking as ``fit-image-score`` chooses it (val sensitivity, no green on val).
+``crop_rescore_probe.py``, at each operating point (:func:`operating_points`): the one ``evaluate`` chooses
+(``op_on`` ``thesis``: the thesis val scans and the held-out tumor-free slices), the same rule held on both
+val sets (``both``) and any ``--thresholds``: tumor-free slices at or above it, Dice per set at it, slices
+outlined (Figshare: and on the tumor), thesis mask mAP@0.5, and the image-level rule (the release's head,
+confident detection on the combined score) with the head's threshold re-chosen for that ranking as
+``fit-image-score --figshare`` chooses it (val sensitivity, no thesis or Figshare val tumor green), with the
+verdicts on each set.
 
-weight 0 is the release alone (its card's figures, as a check).
+The release's own weight and ``op_on`` ``thesis`` give its card's figures, as a check.
 
-    .venv/bin/python benchmarks/region_score_sweep.py --region-score logs/region_score/X.h5 [--weights-grid 0,0.25,0.5]
+    .venv/bin/python benchmarks/region_score_sweep.py --region-score logs/region_score/X.h5 [--weights-grid 0,0.25,0.5] \
+        [--thresholds 0.25,0.3]
 
 The detection pass is cached in ``--cache`` (pickle of the records, per model and floor); another scorer costs
 its own region scores only (a minute).
@@ -41,6 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
+
+from braintumor.figshare import CATEGORIES as FIGSHARE_KINDS  # noqa: E402  (after the path)
 
 
 def val_sets() -> list:
@@ -215,32 +221,53 @@ def by_kind(rows: list, rs, secondary: float) -> dict[str, list]:
     return out
 
 
-def figures(rows: list, rs, secondary: float, head) -> dict:
+def operating_points(by: dict, fixed=()) -> list[tuple[str, float]]:
+    """``[(how, threshold)]``: the operating point chosen as ``evaluate`` chooses it (``thesis``: the thesis val
+    scans and the held-out tumor-free slices, sensitivity 0.95), the same rule held on both val sets (``both``:
+    the lower of it and the threshold chosen on the Figshare val slices), and the ``fixed`` ones."""
+    from braintumor import metrics as M
+
+    free = [r.max_score for r in by["none"]]
+    fs = [r.max_score for k in FIGSHARE_KINDS for r in by[k]]
+    thesis = float(M.choose_operating_point([r.max_score for r in by["thesis"]], free)["robust_threshold"])
+    both = min(thesis, float(M.choose_operating_point(fs, free)["robust_threshold"]))
+    return [("thesis", thesis), ("both", both), *(("fixed", float(t)) for t in fixed)]
+
+
+def figures(by: dict, weight: float, how: str, op: float, head) -> dict:
+    """One row: the figures of the re-scored records ``by`` (:func:`by_kind`) with outlines from ``op``.
+
+    ``figshare_on_tumor``: Figshare val slices with a region at ``op`` on the tumor (``image_level``'s overlap
+    sensitivity). The rule's figures (``head`` not None): the head's threshold re-chosen for this ranking as
+    ``fit-image-score --figshare`` chooses it (val sensitivity 0.96; no thesis or Figshare val tumor green at
+    ``op``), verdicts tumor / suspected / uncertain / no tumor on each set."""
     from braintumor import metrics as M
     from braintumor.evaluate import image_rule_summary
-    from braintumor.image_score import choose_threshold
+    from braintumor.image_score import VERDICTS, choose_threshold
 
-    by = by_kind(rows, rs, secondary)
-    free = [r.max_score for r in by["none"]]
-    op = float(M.choose_operating_point([r.max_score for r in by["thesis"]], free)["robust_threshold"])
-    row = {"weight": rs.weight, "operating_point": round(op, 4), "tumor_free_at_op": int(sum(f >= op for f in free))}
-    for kind in ("thesis", "meningioma", "glioma", "pituitary"):
+    free, th = by["none"], by["thesis"]
+    fs = [r for k in FIGSHARE_KINDS for r in by[k]]
+    row = {"weight": weight, "op_on": how, "operating_point": round(op, 4),
+           "tumor_free_at_op": int(sum(r.outlined(op) for r in free))}
+    for kind in ("thesis", *FIGSHARE_KINDS):
         row[f"{kind}_dice"] = round(M.segmentation_summary(by[kind], op)["dice_mean"], 4)
-    fs = by["meningioma"] + by["glioma"] + by["pituitary"]
     row["figshare_dice"] = round(M.segmentation_summary(fs, op)["dice_mean"], 4)
-    row["thesis_mask_map50"] = round(M.coco_map(by["thesis"])["segm"]["map50"], 4)
-    row["figshare_outlined"] = int(sum(r.max_score >= op for r in fs))
+    row["thesis_mask_map50"] = round(M.coco_map(th)["segm"]["map50"], 4)
+    row["thesis_outlined"] = int(sum(r.outlined(op) for r in th))
+    row["figshare_outlined"] = int(sum(r.outlined(op) for r in fs))
+    row["figshare_on_tumor"] = int(round(M.image_level(fs, op)["sensitivity_overlap"] * len(fs)))
     if head is not None:
-        th = by["thesis"]
-        h = choose_threshold(head, np.stack([r.image_features for r in th]), np.array([r.max_score for r in th]),
-                             sensitivity=0.96, outline_threshold=op)
-        rule = image_rule_summary(th + by["none"], op, h)
-        fs_rule = image_rule_summary(fs, op, h)
+        def feats(recs):
+            return np.stack([r.image_features for r in recs]), np.array([r.max_score for r in recs])
+
+        h = choose_threshold(head, *feats(th), sensitivity=0.96, outline_threshold=op, no_green_also=(feats(fs),))
+        rule, fs_rule = image_rule_summary(th + free, op, h), image_rule_summary(fs, op, h)
         row.update({"head_threshold": round(h.threshold, 4), "rule_sensitivity": rule["sensitivity"],
                     "rule_specificity": rule["specificity"], "tumor_free_flagged": rule["n_tumor_free_flagged"],
-                    "figshare_rule_sensitivity": fs_rule["sensitivity"],
-                    "green_on_thesis": len(rule["green_on_tumor_images"]),
-                    "green_on_figshare": len(fs_rule["green_on_tumor_images"])})
+                    "figshare_rule_sensitivity": fs_rule["sensitivity"]})
+        for name, r, key in (("thesis", rule, "tumor_images"), ("tumor_free", rule, "tumor_free_images"),
+                             ("figshare", fs_rule, "tumor_images")):
+            row[f"verdicts_{name}"] = [r["verdicts"][v][key] for v in VERDICTS]
     return row
 
 
@@ -258,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mask-threshold", type=float, default=None, metavar="P",
                     help="the pass's DETECTION_MASK_THRESHOLD (default: the model's; the release's is 0.4)")
     ap.add_argument("--weights-grid", default="0,0.25,0.35,0.5,0.65,0.75,1")
+    ap.add_argument("--thresholds", default="", metavar="T1,T2",
+                    help="operating points to report besides the two chosen ones (thesis val; both val sets)")
     ap.add_argument("--detector-floor", type=float, default=None,
                     help="the detection layer's floor (default: the scorer's own, 0.05)")
     add_layer_args(ap)
@@ -278,10 +307,13 @@ def main(argv=None) -> int:
     print(f"{len(dets)} val images: detections {t1 - t0:.0f} s, region scores {time.perf_counter() - t1:.0f} s", flush=True)
     rows = list(zip(dets, probs))
     report = []
+    fixed = [float(x) for x in args.thresholds.split(",")] if args.thresholds else []
     for a in (float(x) for x in args.weights_grid.split(",")):
-        row = figures(rows, rs.with_settings(weight=a), secondary, head)
-        report.append(row)
-        print(json.dumps(row), flush=True)
+        by = by_kind(rows, rs.with_settings(weight=a), secondary)
+        for how, op in operating_points(by, fixed):
+            row = figures(by, a, how, op, head)
+            report.append(row)
+            print(json.dumps(row), flush=True)
     floor = "" if args.detector_floor is None else f"_floor{rs.detector_floor:g}"
     floor += layer_tag(*layer)
     model = "" if args.weights is None else f"_{weights.parent.name}_{weights.stem}"
