@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
-Real-data tests use ``$BRAIN_TUMOR_DATA`` or ``../shared/data/brain_tumor_data``;
-they are skipped when neither exists, except under ``CI=true`` where they must run.
+Real-data tests use ``$BRAIN_TUMOR_DATA`` or ``../shared/data/brain_tumor_data`` (``$BRAIN_TUMOR_FREE_DATA``,
+``$FIGSHARE_DATA`` or the folders beside it); they are skipped when neither exists, except under ``CI=true`` where they must run.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ def real_data_dir() -> Path:
     """The real brain_tumor_data folder (train/ and val/ with annotations.json)."""
     return _need(_first_existing(os.environ.get("BRAIN_TUMOR_DATA"), ROOT.parent / "shared" / "data" / "brain_tumor_data"),
                  "brain_tumor_data")
+
+
+@pytest.fixture(scope="session")
+def figshare_dir() -> Path:
+    """The real Figshare folder (images/N.jpg and annotations.json)."""
+    return _need(_first_existing(os.environ.get("FIGSHARE_DATA"), ROOT.parent / "shared" / "data" / "figshare"),
+                 "figshare data")
 
 
 @pytest.fixture(scope="session")
