@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
-Real-data tests use ``$BRAIN_TUMOR_DATA`` or ``../shared/data/brain_tumor_data`` (``$BRAIN_TUMOR_FREE_DATA``,
-``$FIGSHARE_DATA`` or the folders beside it); they are skipped when neither exists, except under ``CI=true`` where they must run.
+Real-data tests use ``$BRAIN_TUMOR_DATA`` or ``../shared/data/brain_tumor_data`` (likewise
+``$BRAIN_TUMOR_FREE_DATA`` / ``tumor_free`` and ``$FIGSHARE_DATA`` / ``figshare``); they are skipped
+when neither exists, except under ``CI=true`` where they must run.
 """
 
 from __future__ import annotations
