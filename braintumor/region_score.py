@@ -284,7 +284,6 @@ class RegionScore(_Rescoring):
         group.create_dataset("fit.json", data=np.frombuffer(json.dumps(self.fit).encode("utf-8"), np.uint8))
 
 
-
 @dataclass
 class RegionScoreSet(_Rescoring):
     """Several fitted scorers read as one (module docstring): each member reads its own crops; a region's P(tumor)
